@@ -1,0 +1,205 @@
+"""The one ctypes boundary: ggml's quantizer and type helpers from the libggml-base that llama-cpp-python installs.
+
+Nothing outside this module touches ctypes. The library is loaded lazily (on the first quantization), so light
+commands such as ``inspect`` never load it. ctypes releases the GIL during foreign calls, so the row-range thread
+pool in ``quantize.py`` runs in parallel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+import threading
+from pathlib import Path
+
+import numpy as np
+
+_init_lock = threading.Lock()
+_initialised: set[int] = set()
+
+
+def _llama_cpp_lib_dir() -> Path:
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "llama-cpp-python is not installed: the quantizer is ggml's own, from the libggml-base that "
+            "llama-cpp-python ships. Install it with: pip install llama-cpp-python==0.3.36"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "lib"
+
+
+class _TypeTraits(ctypes.Structure):
+    # struct ggml_type_traits (ggml/include/ggml.h)
+    _fields_ = [
+        ("type_name", ctypes.c_char_p),
+        ("blck_size", ctypes.c_int64),
+        ("blck_size_interleave", ctypes.c_int64),
+        ("type_size", ctypes.c_size_t),
+        ("is_quantized", ctypes.c_bool),
+        ("to_float", ctypes.c_void_p),
+        ("from_float_ref", ctypes.c_void_p),
+    ]
+
+
+_ToFloat = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)
+
+
+@functools.lru_cache(maxsize=1)
+def _lib() -> ctypes.CDLL:
+    lib_dir = _llama_cpp_lib_dir()
+    candidates = sorted(lib_dir.glob("libggml-base.*"))
+    if not candidates:
+        raise RuntimeError(f"no libggml-base library in {lib_dir}; reinstall llama-cpp-python==0.3.36")
+    lib = ctypes.CDLL(str(candidates[0]))
+    f32p = ctypes.POINTER(ctypes.c_float)
+    sigs = {
+        "ggml_quantize_chunk": (
+            ctypes.c_size_t,
+            [ctypes.c_int, f32p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, f32p],
+        ),
+        "ggml_quantize_requires_imatrix": (ctypes.c_bool, [ctypes.c_int]),
+        "ggml_quantize_init": (None, [ctypes.c_int]),
+        "ggml_blck_size": (ctypes.c_int64, [ctypes.c_int]),
+        "ggml_type_size": (ctypes.c_size_t, [ctypes.c_int]),
+        "ggml_row_size": (ctypes.c_size_t, [ctypes.c_int, ctypes.c_int64]),
+        "ggml_type_name": (ctypes.c_char_p, [ctypes.c_int]),
+        "ggml_validate_row_data": (ctypes.c_bool, [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]),
+        "ggml_get_type_traits": (ctypes.POINTER(_TypeTraits), [ctypes.c_int]),
+        "ggml_fp16_to_fp32_row": (None, [ctypes.c_void_p, f32p, ctypes.c_int64]),
+        "ggml_bf16_to_fp32_row": (None, [ctypes.c_void_p, f32p, ctypes.c_int64]),
+    }
+    for name, (restype, argtypes) in sigs.items():
+        fn = getattr(lib, name)
+        fn.restype = restype
+        fn.argtypes = argtypes
+    return lib
+
+
+def _f32_ptr(a: np.ndarray | None):
+    if a is None:
+        return None
+    return a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+
+
+def type_name(type_id: int) -> str:
+    return _lib().ggml_type_name(type_id).decode().upper()
+
+
+def block_size(type_id: int) -> int:
+    return int(_lib().ggml_blck_size(type_id))
+
+
+def type_size(type_id: int) -> int:
+    return int(_lib().ggml_type_size(type_id))
+
+
+def requires_imatrix(type_id: int) -> bool:
+    """ggml's own rule: ggml_quantize_chunk aborts the process without an imatrix for these types."""
+    return bool(_lib().ggml_quantize_requires_imatrix(type_id))
+
+
+def quantize_init(type_id: int) -> None:
+    """Build ggml's lookup grids for IQ types once, before worker threads race to do it."""
+    with _init_lock:
+        if type_id not in _initialised:
+            _lib().ggml_quantize_init(type_id)
+            _initialised.add(type_id)
+
+
+def quantize_rows(type_id: int, src: np.ndarray, dst: np.ndarray, imatrix: np.ndarray | None) -> int:
+    """ggml_quantize_chunk over all rows of `src` (float32, C-contiguous, shape (nrows, n_per_row)) into `dst`.
+
+    `imatrix` is one n_per_row float32 vector shared by these rows (the caller slices per expert) or None.
+    Returns the bytes written. The caller guarantees the imatrix rule (see requires_imatrix) and the row length.
+    """
+    assert src.dtype == np.float32 and src.flags.c_contiguous and src.ndim == 2
+    assert dst.flags.c_contiguous and dst.dtype == np.uint8
+    nrows, n_per_row = src.shape
+    if imatrix is not None:
+        assert imatrix.dtype == np.float32 and imatrix.shape == (n_per_row,) and imatrix.flags.c_contiguous
+    written = _lib().ggml_quantize_chunk(
+        type_id, _f32_ptr(src), dst.ctypes.data_as(ctypes.c_void_p), 0, nrows, n_per_row, _f32_ptr(imatrix)
+    )
+    return int(written)
+
+
+def validate_rows(type_id: int, data: np.ndarray) -> bool:
+    """ggml_validate_row_data: the check llama-quantize runs on every quantized chunk (NaN/inf scales)."""
+    return bool(_lib().ggml_validate_row_data(type_id, data.ctypes.data_as(ctypes.c_void_p), data.nbytes))
+
+
+@functools.lru_cache(maxsize=None)
+def _to_float_fn(type_id: int):
+    traits = _lib().ggml_get_type_traits(type_id).contents
+    if not traits.to_float:
+        raise ValueError(f"ggml has no dequantization for type {type_name(type_id)}")
+    return _ToFloat(traits.to_float)
+
+
+def to_float(type_id: int, src: np.ndarray, n_elements: int, out: np.ndarray) -> None:
+    """Dequantize/convert `n_elements` of raw ggml data (uint8 buffer) into `out` (float32) with ggml's own code.
+
+    This is exactly what llama-quantize does before requantizing (llama_tensor_dequantize_impl): F16 and BF16
+    through ggml_fp16_to_fp32_row / ggml_bf16_to_fp32_row, quantized types through their type traits' to_float.
+    """
+    assert out.dtype == np.float32 and out.flags.c_contiguous and out.size >= n_elements
+    src_ptr = src.ctypes.data_as(ctypes.c_void_p)
+    out_ptr = _f32_ptr(out)
+    lib = _lib()
+    if type_id == 1:
+        lib.ggml_fp16_to_fp32_row(src_ptr, out_ptr, n_elements)
+    elif type_id == 30:
+        lib.ggml_bf16_to_fp32_row(src_ptr, out_ptr, n_elements)
+    else:
+        _to_float_fn(type_id)(src_ptr, out_ptr, n_elements)
+
+
+# ---- llama.cpp's own whole-model quantizer (the oracle for tests and benchmarks) ----------------------------------
+
+
+def llama_quantize(
+    src: str,
+    dst: str,
+    ftype_id: int,
+    imatrix: dict[str, np.ndarray] | None = None,
+    overrides: list[tuple[str, int]] | None = None,
+    n_threads: int = 0,
+    allow_requantize: bool = True,
+    pure: bool = False,
+) -> None:
+    """Run llama.cpp's llama_model_quantize (what llama-quantize does) through llama-cpp-python's bindings.
+
+    `imatrix` maps tensor names to float32 vectors; `overrides` are (regex, ggml type id) pairs as --tensor-type.
+    Raises RuntimeError when llama.cpp reports a failure.
+    """
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype_id
+    params.nthread = n_threads
+    params.allow_requantize = allow_requantize
+    params.pure = pure
+    keep = []  # keep ctypes buffers alive until the call returns
+    if imatrix:
+        entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for i, (name, vec) in enumerate(imatrix.items()):
+            arr = np.ascontiguousarray(vec, dtype=np.float32)
+            keep.append(arr)
+            entries[i].name = name.encode()
+            entries[i].data = _f32_ptr(arr)
+            entries[i].size = arr.size
+        entries[len(imatrix)].name = None
+        keep.append(entries)
+        params.imatrix = entries
+    if overrides:
+        tts = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
+        for i, (pattern, type_id) in enumerate(overrides):
+            tts[i].pattern = pattern.encode()
+            tts[i].type = type_id
+        tts[len(overrides)].pattern = None
+        keep.append(tts)
+        params.tt_overrides = tts
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize({src} -> {dst}, ftype {ftype_id}) failed with code {rc}")
