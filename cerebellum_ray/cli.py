@@ -1,0 +1,251 @@
+"""The `cerebellum-ray` command line. Heavy modules are imported inside each command, so `--help` stays instant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+EXIT_BAD_INPUT = 2
+
+
+def _size(text: str) -> int:
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    t = text.strip().upper().rstrip("B").rstrip("I")
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=1, default=str)
+    sys.stdout.write("\n")
+
+
+# ---- inspect -----------------------------------------------------------------------------------------------------
+
+
+def cmd_inspect(args) -> int:
+    from .catalog import catalog_as_dict, load_catalog
+
+    cat = load_catalog(args.model)
+    if args.json:
+        _print_json(catalog_as_dict(cat))
+        return 0
+    print(f"{cat.path}: {cat.arch}, {cat.n_layer} layers, {len(cat.tensors)} tensors, "
+          f"{cat.n_elements / 1e6:.2f} M weights, {_human(cat.tensor_bytes)} of tensor data "
+          f"({cat.bits_per_weight:.3f} bits per weight), file {_human(cat.file_size)}")
+    print()
+    print(f"{'tensor':<40} {'group':<17} {'layer':>5} {'shape':<22} {'type':<8} {'bytes':>12}  legal types")
+    for t in cat.tensors:
+        legal = " ".join(t.legal_types) if t.quantizable else "(1-D: kept as is)"
+        layer = "" if t.layer is None else str(t.layer)
+        shape = "x".join(map(str, t.shape))
+        print(f"{t.name:<40} {t.group:<17} {layer:>5} {shape:<22} {t.type:<8} {t.n_bytes:>12}  {legal}")
+    print()
+    print(f"{'group':<17} {'tensors':>7} {'bytes':>14}  types")
+    for group, g in sorted(cat.group_summary().items(), key=lambda kv: -kv[1]["bytes"]):
+        types = ", ".join(f"{k} x{v}" for k, v in sorted(g["types"].items()))
+        print(f"{group:<17} {g['tensors']:>7} {g['bytes']:>14}  {types}")
+    return 0
+
+
+# ---- maps --------------------------------------------------------------------------------------------------------
+
+
+def _add_map_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--map", help="map file: YAML/JSON {name-or-regex: TYPE} or llama-quantize tensor-type lines")
+    p.add_argument("--base", help="start from a llama.cpp preset (Q2_K ... Q8_0, Q4_K_M, IQ4_XS, ...)")
+    p.add_argument("--like", help="start from the tensor types of an existing GGUF")
+    p.add_argument("--set", action="append", default=[], metavar="PATTERN=TYPE",
+                   help="override (repeatable; wins over the map file), e.g. blk.8.ffn_gate_inp.weight=Q8_0")
+    p.add_argument("--fallback", action="store_true", default=None,
+                   help="apply llama.cpp's row-length fallback instead of refusing illegal types")
+    p.add_argument("--imatrix", help="importance matrix (llama-imatrix .dat or GGUF imatrix)")
+
+
+def _resolve_map(args, catalog):
+    from .precision_map import MapSpec, load_spec, merge_specs, resolve, rules_from_pairs
+
+    spec = load_spec(args.map) if args.map else MapSpec()
+    spec = merge_specs(spec, rules_from_pairs(args.set), base=args.base, like=args.like, fallback=args.fallback)
+    return resolve(catalog, spec, has_imatrix=bool(args.imatrix))
+
+
+def _load_imatrix(args):
+    if not args.imatrix:
+        return None
+    from .imatrix import load_imatrix
+
+    return load_imatrix(args.imatrix)
+
+
+def cmd_map(args) -> int:
+    from .build import predicted_file_size
+    from .catalog import load_catalog
+    from .precision_map import by_group, tensor_bytes, to_tensor_type_lines
+
+    cat = load_catalog(args.source)
+    pmap = _resolve_map(args, cat)
+    imatrix = _load_imatrix(args)
+    tbytes = tensor_bytes(cat, pmap)
+    fsize = predicted_file_size(args.source, pmap, imatrix)
+    bpw = 8.0 * tbytes / cat.n_elements
+    if args.tensor_type_file:
+        from .gguf_io import atomic_output
+
+        with atomic_output(args.tensor_type_file) as f:
+            f.write(to_tensor_type_lines(pmap, cat).encode())
+    result = {
+        "source": cat.path,
+        "base": pmap.base,
+        "map_digest": pmap.digest,
+        "file_size": fsize,
+        "tensor_bytes": tbytes,
+        "bits_per_weight": round(bpw, 4),
+        "fallbacks": [vars(f) for f in pmap.fallbacks],
+        "by_group": by_group(cat, pmap),
+        "types": dict(pmap.types),
+    }
+    if args.json:
+        _print_json(result)
+        return 0
+    print(f"map on {cat.path} (base {pmap.base}): file {fsize} bytes ({_human(fsize)}), {bpw:.4f} bits per weight")
+    for group, counts in by_group(cat, pmap).items():
+        print(f"  {group:<17} " + ", ".join(f"{t} x{n}" for t, n in sorted(counts.items())))
+    for fb in pmap.fallbacks:
+        print(f"  fallback: {fb.tensor}: {fb.asked or 'preset'} -> {fb.got} ({fb.reason})")
+    return 0
+
+
+# ---- build -------------------------------------------------------------------------------------------------------
+
+
+def cmd_build(args) -> int:
+    from .build import build
+    from .catalog import load_catalog
+    from .tensor_cache import TensorCache
+
+    cat = load_catalog(args.source)
+    pmap = _resolve_map(args, cat)
+    imatrix = _load_imatrix(args)
+    cache = None if args.no_cache else TensorCache(args.cache_dir, size_limit=_size(args.cache_size))
+    try:
+        report = build(args.source, pmap, args.out, imatrix=imatrix, cache=cache, n_threads=args.threads)
+    finally:
+        if cache is not None:
+            cache.close()
+    result = {
+        "out": report.out,
+        "file_size": report.file_size,
+        "bits_per_weight": round(report.bits_per_weight, 4),
+        "seconds": round(report.seconds, 3),
+        "quantized": report.count("quantized"),
+        "cached": report.count("cached"),
+        "copied": report.count("copied"),
+        "fallbacks": [vars(f) for f in pmap.fallbacks],
+        "provenance": vars(report.provenance),
+    }
+    if args.json:
+        _print_json(result)
+        return 0
+    for fb in pmap.fallbacks:
+        print(f"fallback: {fb.tensor}: {fb.asked or 'preset'} -> {fb.got} ({fb.reason})")
+    print(f"wrote {report.out}: {_human(report.file_size)}, {report.bits_per_weight:.4f} bits per weight, "
+          f"{result['quantized']} quantized, {result['cached']} from cache, {result['copied']} copied, "
+          f"{report.seconds:.2f} s")
+    return 0
+
+
+# ---- tiny models -------------------------------------------------------------------------------------------------
+
+
+def cmd_make_tiny(args) -> int:
+    from .tiny import make_tiny, make_tiny_imatrix
+
+    path = make_tiny(args.arch, args.out, seed=args.seed)
+    made = [str(path)]
+    if args.imatrix:
+        fmt = "dat" if args.imatrix.endswith(".dat") else "gguf"
+        made.append(str(make_tiny_imatrix(path, args.imatrix, fmt=fmt, seed=args.seed)))
+    if args.json:
+        _print_json({"files": made})
+    else:
+        for m in made:
+            print(f"wrote {m} ({_human(Path(m).stat().st_size)})")
+    return 0
+
+
+# ---- entry point -------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="cerebellum-ray",
+        description="Find the best mixed-precision GGUF quantization of a model by measurement.",
+    )
+    parser.add_argument("--version", action="version", version=f"cerebellum-ray {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect", help="list every tensor: group, layer, shape, type, bytes, legal types")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("map", help="resolve a precision map on a model: exact file size and bpw, no quantizing")
+    p.add_argument("--source", required=True, help="the model the map applies to")
+    _add_map_options(p)
+    p.add_argument("--tensor-type-file", help="also write the map as llama-quantize --tensor-type-file lines")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_map)
+
+    p = sub.add_parser("build", help="build the quantized GGUF of a precision map (cached, streamed, atomic)")
+    p.add_argument("--source", required=True, help="full-precision (or quantized) source GGUF")
+    _add_map_options(p)
+    p.add_argument("--out", required=True, help="output GGUF (written atomically)")
+    p.add_argument("--cache-dir", help="tensor cache directory (default $CEREBELLUM_CACHE or ~/.cache/cerebellum-ray)")
+    p.add_argument("--cache-size", default="20G", help="cache size bound, least-recently-used eviction (20G)")
+    p.add_argument("--no-cache", action="store_true", help="quantize everything, store nothing")
+    p.add_argument("--threads", type=int, default=None, help="quantizer threads (default: all cores)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("make-tiny", help="write a tiny deterministic model (and imatrix) for tests and demos")
+    p.add_argument("--arch", choices=["gemma4", "llama", "mixtral"], default="gemma4")
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--imatrix", help="also write a matching imatrix here (.dat: legacy format, else GGUF)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_make_tiny)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .build import BuildError
+    from .gguf_io import GGUFError
+    from .precision_map import MapError
+    from .quantize import QuantizeError
+
+    try:
+        return args.func(args)
+    except (GGUFError, MapError, BuildError, QuantizeError, OSError, KeyError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"cerebellum-ray {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
