@@ -24,7 +24,7 @@ import numpy as np
 from gguf import GGUFValueType
 
 from . import QUANTIZER_VERSION, __version__, gguf_io
-from .catalog import ModelCatalog, TensorInfo, catalog_from_reader
+from .catalog import ModelCatalog, TensorInfo, load_catalog
 from .ggml_types import FILE_TYPES, ggml_type
 from .precision_map import PrecisionMap
 from .quantize import QuantizeError, QuantJob, check_job, quantize_tensor
@@ -110,12 +110,11 @@ def _imatrix_vectors(catalog: ModelCatalog, jobs: Sequence[QuantJob], imatrix) -
     """Per job, its importance vector (or None); refuses an imatrix that was made for another model."""
     if imatrix is None:
         return [None] * len(jobs)
-    known = [name for name in imatrix.entries if name in catalog.by_name]
-    if not known:
-        example = next(iter(imatrix.entries), "(empty)")
+    foreign = [name for name in imatrix.entries if name not in catalog.by_name]
+    if foreign:
         raise BuildError(
-            f"the imatrix has {len(imatrix.entries)} entries and none names a tensor of {catalog.path} "
-            f"(e.g. {example!r}): it was made for another model; compute one for this model with llama-imatrix"
+            f"the imatrix has entries for {len(foreign)} tensors that {catalog.path} does not have "
+            f"(e.g. {foreign[0]!r}): it was made for another model; compute one for this model with llama-imatrix"
         )
     vectors = []
     for job in jobs:
@@ -135,8 +134,7 @@ def _imatrix_vectors(catalog: ModelCatalog, jobs: Sequence[QuantJob], imatrix) -
 
 def plan_build(source: str | os.PathLike, pmap: PrecisionMap, imatrix=None) -> _Plan:
     """Everything checked and laid out, nothing written: raises BuildError/QuantizeError on any bad input."""
-    reader = gguf_io.open_gguf(source)
-    catalog = catalog_from_reader(reader, source)
+    catalog = load_catalog(source)
     unknown = [n for n in pmap.types if n not in catalog.by_name]
     missing = [t.name for t in catalog.tensors if t.name not in pmap.types]
     if unknown:
@@ -152,9 +150,7 @@ def plan_build(source: str | os.PathLike, pmap: PrecisionMap, imatrix=None) -> _
             except QuantizeError as exc:
                 raise BuildError(str(exc)) from None
     kv_raw = [
-        gguf_io.raw_field_bytes(f)
-        for f in gguf_io.kv_fields(reader)
-        if f.name not in _REPLACED_KEYS and not f.name.startswith(PROVENANCE_PREFIX)
+        e.raw for e in catalog.kv_entries if e.key not in _REPLACED_KEYS and not e.key.startswith(PROVENANCE_PREFIX)
     ]
     st = os.stat(source)
     return _Plan(

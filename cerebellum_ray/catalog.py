@@ -43,9 +43,6 @@ GROUPS: tuple[str, ...] = tuple(g for g, _ in GROUP_RULES) + ("other",)
 _COMPILED_RULES = tuple((g, re.compile(p)) for g, p in GROUP_RULES)
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 
-# Keys whose arrays are at most this long are kept as values in the catalog; longer ones (vocabularies) are summarized.
-_MAX_KV_ARRAY = 4096
-
 
 def tensor_group(name: str, n_dims: int) -> str:
     """The group of a tensor name (see GROUP_RULES); 1-D tensors are norms/scales unless a rule says otherwise."""
@@ -113,6 +110,7 @@ class ModelCatalog:
     arch: str
     tensors: tuple[TensorInfo, ...]
     kv: Mapping[str, Any] = field(repr=False)  # key -> value (long arrays summarized as strings)
+    kv_entries: tuple = field(default=(), repr=False)  # gguf_io.KVEntry in file order, raw bytes included
     alignment: int = gguf_io.DEFAULT_ALIGNMENT
     file_size: int = 0
 
@@ -165,37 +163,37 @@ class ModelCatalog:
 
 def load_catalog(path: str | os.PathLike) -> ModelCatalog:
     """Read a GGUF file's tensor table and metadata (no tensor data is read)."""
-    reader = gguf_io.open_gguf(path)
-    return catalog_from_reader(reader, path)
-
-
-def catalog_from_reader(reader, path: str | os.PathLike) -> ModelCatalog:
-    kv = {f.name: gguf_io.field_value(f, max_array=_MAX_KV_ARRAY) for f in gguf_io.kv_fields(reader)}
-    arch = str(kv.get("general.architecture", "unknown"))
+    header = gguf_io.read_header(path)
     tensors = []
-    for t in reader.tensors:
-        shape = tuple(int(d) for d in t.shape)
-        type_id = int(t.tensor_type)
-        if type_id not in TYPES_BY_ID:
-            raise gguf_io.GGUFError(f"{path}: tensor {t.name} has unknown ggml type id {type_id}")
-        tensors.append(
-            TensorInfo(
-                name=t.name,
-                group=tensor_group(t.name, len(shape)),
-                layer=tensor_layer(t.name),
-                shape=shape,
-                type=TYPES_BY_ID[type_id].name,
-                n_bytes=int(t.n_bytes),
-                data_offset=int(t.data_offset),
-            )
+    for t in header.tensors:
+        if t.type_id not in TYPES_BY_ID:
+            raise gguf_io.GGUFError(f"{path}: tensor {t.name} has unknown ggml type id {t.type_id}")
+        ty = TYPES_BY_ID[t.type_id]
+        if t.shape[0] % ty.block_size:
+            raise gguf_io.GGUFError(f"{path}: tensor {t.name}: row of {t.shape[0]} is not a multiple of {ty.name}'s block")
+        info = TensorInfo(
+            name=t.name,
+            group=tensor_group(t.name, len(t.shape)),
+            layer=tensor_layer(t.name),
+            shape=t.shape,
+            type=ty.name,
+            n_bytes=math.prod(t.shape[1:]) * ty.row_bytes(t.shape[0]),
+            data_offset=t.data_offset,
         )
+        if info.data_offset + info.n_bytes > header.file_size:
+            raise gguf_io.GGUFError(
+                f"{path}: truncated: tensor {t.name} needs bytes {info.data_offset}..{info.data_offset + info.n_bytes}"
+                f" but the file has {header.file_size}; the download or copy is incomplete"
+            )
+        tensors.append(info)
     return ModelCatalog(
         path=str(Path(path)),
-        arch=arch,
+        arch=str(next((e.value for e in header.kv if e.key == "general.architecture"), "unknown")),
         tensors=tuple(tensors),
-        kv=kv,
-        alignment=int(reader.alignment),
-        file_size=Path(path).stat().st_size,
+        kv={e.key: e.value for e in header.kv},
+        kv_entries=header.kv,
+        alignment=header.alignment,
+        file_size=header.file_size,
     )
 
 

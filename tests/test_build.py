@@ -88,13 +88,27 @@ def test_cache_rebuild_quantizes_only_changed_tensors(tiny_models, tmp_path, cac
     assert (tmp_path / "b.gguf").read_bytes() == (tmp_path / "c.gguf").read_bytes()
 
 
-def test_cache_is_size_bounded_lru(tiny_models, tmp_path):
+def test_cache_is_size_bounded_lru(tmp_path):
+    cache = TensorCache(tmp_path / "lru", size_limit=350_000)
+    try:
+        for key in "abc":
+            cache.put(key, np.full(100_000, ord(key), np.uint8))
+        assert cache.get("a").read(1) == b"a"  # touch a: now b is the least recently used
+        cache.put("d", np.full(100_000, ord("d"), np.uint8))
+        assert cache.volume == 300_000
+        assert cache.get("b") is None
+        assert [cache.get(k) is not None for k in "acd"] == [True, True, True]
+        assert cache.get("d").read() == b"d" * 100_000
+    finally:
+        cache.close()
+
+
+def test_builds_with_a_small_cache_stay_within_its_bound(tiny_models, tmp_path):
     model = tiny_models["llama"]
-    small = TensorCache(tmp_path / "small", size_limit=200_000)
+    small = TensorCache(tmp_path / "small", size_limit=300_000)
     try:
         build(model, _map(model, "Q8_0"), tmp_path / "a.gguf", cache=small, n_threads=2)
-        assert small.volume <= 200_000 + 100_000  # bounded (diskcache counts its index too)
-        assert len(small) > 0
+        assert 0 < len(small) and small.volume <= 300_000
     finally:
         small.close()
 
@@ -124,8 +138,9 @@ def test_concurrent_builders_share_one_cache(tiny_models, tmp_path):
     n_quantizable = results[0][0] + results[0][1]
     cache = TensorCache(cache_dir)
     try:
-        quant_keys = [k for k in cache._cache.iterkeys() if k[0] == "q"]
-        assert len(quant_keys) == len(set(quant_keys)) == n_quantizable  # one entry per key, none duplicated
+        names = [path.name for _, _, path in cache.entries()]
+        assert len(names) == len(set(names)) == n_quantizable  # one entry per key, none duplicated
+        assert list((cache_dir / "tmp").iterdir()) == []  # no leftover partial writes
     finally:
         cache.close()
 
