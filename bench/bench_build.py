@@ -77,15 +77,19 @@ def synthetic_model(path: Path, seed: int = 0) -> int:
     return sum(int(np.prod(s.shape)) for s in slots)
 
 
+# VmHWM (peak resident set of this process image) from /proc: unlike ru_maxrss it is not inherited from the parent
+# across fork + exec.
+_PEAK = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) * 1024"
+
+
 def child_build(source: Path, out: Path, cache: Path, sets: list[str]) -> dict:
     """Run `cerebellum-ray build` in a child process; return its JSON report, wall time and peak RSS."""
     code = (
-        "import resource, runpy, sys, time, json;"
+        "import time, json;"
         "t = time.perf_counter();"
         "from cerebellum_ray.cli import main;"
         f"rc = main({['build', '--source', str(source), '--base', 'Q4_K_M', '--out', str(out), '--cache-dir', str(cache), '--json'] + [a for s in sets for a in ('--set', s)]!r});"  # noqa: E501
-        "print(json.dumps({'rc': rc, 'wall': time.perf_counter() - t,"
-        " 'peak_rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))"
+        "print(json.dumps({'rc': rc, 'wall': time.perf_counter() - t, 'peak_rss': " + _PEAK + "}))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     lines = proc.stdout.strip().splitlines()
@@ -142,9 +146,8 @@ Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version(
 - peak RSS of the cold build: {cold['peak_rss'] / 2**20:.0f} MiB; largest tensor {largest / 2**20:.0f} MiB;
   3 x largest = {3 * largest / 2**20:.0f} MiB (+ the interpreter's fixed overhead, measured below)
 """)  # noqa: E501
-    base = subprocess.run([sys.executable, "-c", "import llama_cpp, resource, numpy, gguf, diskcache, "
-                           "cerebellum_ray.build, cerebellum_ray.cli;"
-                           "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024)"],
+    base = subprocess.run([sys.executable, "-c", "import llama_cpp, numpy, gguf, cerebellum_ray.build, "
+                           "cerebellum_ray.cli; print(" + _PEAK + ")"],
                           capture_output=True, text=True, check=True)
     overhead = int(base.stdout.strip())
     print(f"- fixed overhead (interpreter + imports, no build): {overhead / 2**20:.0f} MiB; cold build peak minus "

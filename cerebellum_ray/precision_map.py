@@ -156,18 +156,34 @@ def load_spec(path: str | os.PathLike) -> MapSpec:
     return MapSpec(rules=tuple(parse_tensor_type_lines(text)))
 
 
-def to_tensor_type_lines(pmap: PrecisionMap, catalog: ModelCatalog, only_changed: bool = True) -> str:
-    """The map as llama-quantize --tensor-type-file lines (anchored, escaped names), for 2-D/3-D tensors.
+def _llama_quantize_can_set(catalog: ModelCatalog, name: str) -> bool:
+    from .presets import allows_quantization
 
-    Tensors llama-quantize never quantizes (routers, norms) cannot be expressed this way: see `not_expressible`.
+    t = catalog[name]
+    return t.quantizable and allows_quantization(name, len(t.shape), catalog.arch)
+
+
+def to_tensor_type_lines(pmap: PrecisionMap, catalog: ModelCatalog, only_changed: bool = True) -> str:
+    """The map as llama-quantize --tensor-type-file lines (anchored, escaped names).
+
+    Only tensors llama-quantize will quantize appear; what it cannot do (routers, ...) is `not_expressible`.
     """
     lines = []
     for t in catalog.tensors:
         want = pmap.types[t.name]
-        if not t.quantizable or (only_changed and want == t.type):
+        if (only_changed and want == t.type) or not _llama_quantize_can_set(catalog, t.name):
             continue
         lines.append(f"^{re.escape(t.name)}$={want.lower()}")
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def not_expressible(pmap: PrecisionMap, catalog: ModelCatalog) -> list[tuple[str, str, str]]:
+    """(tensor, source type, wanted type) for changes llama-quantize silently skips, such as MoE router types."""
+    return [
+        (t.name, t.type, pmap.types[t.name])
+        for t in catalog.tensors
+        if pmap.types[t.name] != t.type and not _llama_quantize_can_set(catalog, t.name)
+    ]
 
 
 # ---- resolution ---------------------------------------------------------------------------------------------------

