@@ -179,6 +179,8 @@ _FTYPE_ROWS = [
     ("TQ1_0", 36, "TQ1_0"),
     ("TQ2_0", 37, "TQ2_0"),
     ("MXFP4_MOE", 38, "MXFP4"),
+    ("Q1_0", 40, "Q1_0"),
+    ("Q2_0", 41, "Q2_0"),
 ]
 
 FILE_TYPES: dict[str, FileType] = {row[0]: FileType(*row) for row in _FTYPE_ROWS}

@@ -1,0 +1,177 @@
+"""A loaded llama.cpp model and context, driven through llama-cpp-python's low-level API.
+
+Everything that scores a model goes through `LlamaRunner`: tokenization, batched decoding over several sequence
+ids, and logits requested only where they are used (copying every position's logits out costs more than the
+forward pass on a GPU; see ../shared/notes/gpu.md). Logits come back as a zero-copy numpy view of llama.cpp's
+output buffer, valid until the next decode.
+"""
+
+from __future__ import annotations
+
+import llama_cpp  # noqa: F401  (must be imported before numpy: a CUDA build crashes otherwise)
+
+import ctypes
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+_log_lock = threading.Lock()
+_log_callback = None
+
+
+def quiet_llama_logs() -> None:
+    """Route llama.cpp's log lines to nowhere except errors (level 4) once per process."""
+    global _log_callback
+    with _log_lock:
+        if _log_callback is not None:
+            return
+
+        @llama_cpp.llama_log_callback
+        def _cb(level, text, user_data):  # pragma: no cover - called from C
+            if level == 4 and os.environ.get("CEREBELLUM_LLAMA_LOG") != "0":
+                os.write(2, text)
+
+        _log_callback = _cb
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+def gpu_available() -> bool:
+    return bool(llama_cpp.llama_supports_gpu_offload()) and os.environ.get("CUDA_VISIBLE_DEVICES", "x") != ""
+
+
+class LlamaError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    n_ctx: int = 512  # tokens per sequence
+    n_seq: int = 1  # sequences decoded together (each has n_ctx positions)
+    n_batch: int | None = None  # tokens per decode call (default n_ctx * n_seq)
+    n_gpu_layers: int | None = None  # None: all layers when a GPU is visible, else 0
+    n_threads: int | None = None
+
+
+class LlamaRunner:
+    """One model + one context. Not thread-safe: use one runner per thread/process."""
+
+    def __init__(self, model_path: str | os.PathLike, config: RunnerConfig = RunnerConfig()):
+        quiet_llama_logs()
+        llama_cpp.llama_backend_init()
+        self.config = config
+        mparams = llama_cpp.llama_model_default_params()
+        gpu_layers = config.n_gpu_layers
+        if gpu_layers is None:
+            gpu_layers = -1 if gpu_available() else 0
+        mparams.n_gpu_layers = gpu_layers
+        self.model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), mparams)
+        if not self.model:
+            raise LlamaError(f"llama.cpp could not load {model_path} (see the error above)")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.n_batch = config.n_batch or config.n_ctx * config.n_seq
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = config.n_ctx * config.n_seq
+        cparams.n_batch = self.n_batch
+        cparams.n_ubatch = min(self.n_batch, 512)
+        cparams.n_seq_max = config.n_seq
+        threads = config.n_threads or os.cpu_count() or 1
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise LlamaError(f"llama.cpp could not create a context of {cparams.n_ctx} tokens for {model_path}")
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, config.n_seq)
+        self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
+        self.eos = int(llama_cpp.llama_vocab_eos(self.vocab))
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.gpu_layers = gpu_layers
+
+    # ---- text ----------------------------------------------------------------------------------------------------
+
+    def tokenize(self, text: str | bytes, add_bos: bool = True, parse_special: bool = False) -> np.ndarray:
+        data = text.encode("utf-8") if isinstance(text, str) else text
+        n_max = len(data) + 16
+        buf = (llama_cpp.llama_token * n_max)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_bos, parse_special)
+        if n < 0:
+            raise LlamaError(f"tokenization needs {-n} tokens, more than the {n_max} allowed")
+        return np.ctypeslib.as_array(buf)[:n].astype(np.int32)
+
+    def piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_token_to_piece(self.vocab, int(token), buf, len(buf), 0, False)
+        return buf.raw[: max(n, 0)]
+
+    def detokenize(self, tokens) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, int(token)))
+
+    # ---- decoding ------------------------------------------------------------------------------------------------
+
+    def clear(self) -> None:
+        llama_cpp.llama_memory_clear(self.memory, True)
+
+    def remove_sequence(self, seq_id: int) -> None:
+        llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
+
+    def decode(self, tokens, positions, seq_ids, want_logits) -> np.ndarray:
+        """Decode one batch; returns logits (n_outputs, n_vocab) for the entries with want_logits, in order.
+
+        The returned array is a view of llama.cpp's buffer: copy what must outlive the next decode.
+        """
+        n = len(tokens)
+        if n > self.n_batch:
+            raise LlamaError(f"batch of {n} tokens exceeds n_batch {self.n_batch}")
+        b = self.batch
+        b.n_tokens = n
+        tok = np.ctypeslib.as_array(b.token, shape=(self.n_batch,))
+        pos = np.ctypeslib.as_array(b.pos, shape=(self.n_batch,))
+        nsq = np.ctypeslib.as_array(b.n_seq_id, shape=(self.n_batch,))
+        lg = np.ctypeslib.as_array(b.logits, shape=(self.n_batch,))
+        tok[:n] = tokens
+        pos[:n] = positions
+        nsq[:n] = 1
+        want = np.asarray(want_logits, dtype=bool)
+        lg[:n] = want
+        seq_ids = np.broadcast_to(np.asarray(seq_ids, dtype=np.int32), (n,))
+        for i, s in enumerate(seq_ids.tolist()):
+            b.seq_id[i][0] = s
+        rc = llama_cpp.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise LlamaError(f"llama_decode failed with code {rc} (batch of {n} tokens)")
+        n_out = int(want.sum())
+        if n_out == 0:
+            return np.empty((0, self.n_vocab), dtype=np.float32)
+        ptr = llama_cpp.llama_get_logits(self.ctx)
+        return np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab))
+
+    def close(self) -> None:
+        if getattr(self, "batch", None) is not None:
+            llama_cpp.llama_batch_free(self.batch)
+            self.batch = None
+        if getattr(self, "ctx", None):
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+        if getattr(self, "model", None):
+            llama_cpp.llama_model_free(self.model)
+            self.model = None
+
+    def __enter__(self) -> "LlamaRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,259 @@
+"""Scoring a model on text: perplexity (llama-perplexity's protocol) and KL divergence against a reference.
+
+Protocol (tools/perplexity/perplexity.cpp): tokenize the whole text once with BOS; n_chunk = min(chunks,
+n_tokens // n_ctx); each chunk is n_ctx tokens with its first token replaced by BOS, evaluated from an empty KV
+cache; only the second half is scored: the logits at positions n_ctx/2 .. n_ctx-2 predict the next token. Logits
+are requested for exactly those positions. Scoring streams: `score_stream` yields the running record after every
+chunk (with standard errors), so a scheduler can stop a hopeless trial early; its last record is the final one.
+"""
+
+from __future__ import annotations
+
+import llama_cpp  # noqa: F401  (before numpy)
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .llama_runner import LlamaRunner, RunnerConfig
+from .logprobs import TopK, compare_to_reference, log_normalizer, target_logprobs, top_k
+from .reference import (
+    Reference, ReferenceKey, default_reference_dir, file_digest, load_reference, save_reference, tokens_digest,
+)
+
+DEFAULT_TOP_K = 128  # top-K KLD error on the tiny models: see bench/RESULTS.md
+
+
+class ScoreError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What to evaluate on: the text, the context size and how many chunks (None: as many as the text holds)."""
+
+    text: str
+    n_ctx: int = 512
+    n_chunks: int | None = None
+    top_k: int = DEFAULT_TOP_K
+
+
+@dataclass(frozen=True)
+class ScoreRecord:
+    """Metrics of one model on one evaluation; KLD fields are None without a reference. `done` marks the final one."""
+
+    model: str
+    n_ctx: int
+    chunks_done: int
+    n_chunks: int
+    n_scored: int
+    ppl: float
+    ppl_se: float
+    nll: float
+    nll_se: float
+    kld: float | None = None
+    kld_se: float | None = None
+    kld_median: float | None = None
+    kld_p90: float | None = None
+    kld_p99: float | None = None
+    kld_p999: float | None = None
+    kld_max: float | None = None
+    same_top: float | None = None
+    same_top_se: float | None = None
+    rms_dp: float | None = None
+    rms_dp_se: float | None = None
+    reference_ppl: float | None = None
+    top_k: int | None = None
+    seconds: float = 0.0
+    tokens_per_second: float = 0.0
+    done: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _mean_se(x: np.ndarray) -> tuple[float, float]:
+    n = len(x)
+    mean = float(x.mean())
+    se = float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    return mean, se
+
+
+def summarize(model: str, spec_n_ctx: int, chunks_done: int, n_chunks: int, nll: np.ndarray,
+              cmp: dict | None, reference: Reference | None, seconds: float, n_evaluated: int) -> ScoreRecord:
+    """The record for the tokens scored so far (all arrays are per scored token)."""
+    nll_mean, nll_se = _mean_se(nll)
+    ppl = math.exp(nll_mean)
+    rec = ScoreRecord(
+        model=model, n_ctx=spec_n_ctx, chunks_done=chunks_done, n_chunks=n_chunks, n_scored=len(nll),
+        ppl=ppl, ppl_se=ppl * nll_se, nll=nll_mean, nll_se=nll_se, seconds=seconds,
+        tokens_per_second=n_evaluated / seconds if seconds > 0 else 0.0, done=chunks_done == n_chunks,
+    )
+    if cmp is None:
+        return rec
+    kld = cmp["kld"]
+    kld_mean, kld_se = _mean_se(kld)
+    p50, p90, p99, p999 = np.percentile(kld, [50, 90, 99, 99.9])
+    same = float(cmp["same_top"].mean())
+    dp2 = cmp["delta_p"] ** 2
+    ms, ms_se = _mean_se(dp2)
+    rms = math.sqrt(ms)
+    return replace(
+        rec, kld=kld_mean, kld_se=kld_se, kld_median=float(p50), kld_p90=float(p90), kld_p99=float(p99),
+        kld_p999=float(p999), kld_max=float(kld.max()), same_top=same,
+        same_top_se=math.sqrt(same * (1 - same) / len(kld)), rms_dp=rms,
+        rms_dp_se=ms_se / (2 * rms) if rms > 0 else 0.0, reference_ppl=reference.ppl, top_k=reference.key.top_k,
+    )
+
+
+# ---- the chunk protocol -----------------------------------------------------------------------------------------
+
+
+def plan_chunks(tokens: np.ndarray, n_ctx: int, n_chunks: int | None) -> int:
+    if n_ctx < 4 or n_ctx % 2:
+        raise ScoreError(f"context size {n_ctx} must be an even number of at least 4 tokens")
+    if len(tokens) < 2 * n_ctx:
+        raise ScoreError(
+            f"the text tokenizes to only {len(tokens)} tokens; perplexity with a context of {n_ctx} needs at least "
+            f"{2 * n_ctx} (two contexts): give a longer text or a smaller --ctx"
+        )
+    available = len(tokens) // n_ctx
+    return available if n_chunks is None else max(1, min(n_chunks, available))
+
+
+def chunk_logits(runner: LlamaRunner, tokens: np.ndarray, chunk_ids: list[int], n_ctx: int) -> list[np.ndarray]:
+    """Evaluate chunks (one sequence each) and return, per chunk, logits at positions n_ctx/2 .. n_ctx-2."""
+    first = n_ctx // 2
+    runner.clear()
+    toks, pos, seq, want = [], [], [], []
+    for s, c in enumerate(chunk_ids):
+        t = tokens[c * n_ctx : (c + 1) * n_ctx].copy()
+        if runner.add_bos:
+            t[0] = runner.bos
+        toks.append(t)
+        pos.append(np.arange(n_ctx, dtype=np.int32))
+        seq.append(np.full(n_ctx, s, dtype=np.int32))
+        w = np.zeros(n_ctx, dtype=bool)
+        w[first : n_ctx - 1] = True
+        want.append(w)
+    toks, pos, seq, want = (np.concatenate(x) for x in (toks, pos, seq, want))
+    per_chunk = n_ctx - 1 - first
+    out: list[list[np.ndarray]] = [[] for _ in chunk_ids]
+    step = runner.n_batch
+    for a in range(0, len(toks), step):
+        logits = runner.decode(toks[a : a + step], pos[a : a + step], seq[a : a + step], want[a : a + step])
+        owners = seq[a : a + step][want[a : a + step]]
+        for s in np.unique(owners):
+            out[s].append(np.array(logits[owners == s]))  # copy: the buffer is reused by the next decode
+    result = [np.concatenate(parts) if len(parts) > 1 else parts[0] for parts in out]
+    assert all(r.shape[0] == per_chunk for r in result)
+    return result
+
+
+def _targets(tokens: np.ndarray, chunk: int, n_ctx: int) -> np.ndarray:
+    first = n_ctx // 2
+    return tokens[chunk * n_ctx + first + 1 : (chunk + 1) * n_ctx].astype(np.int64)
+
+
+# ---- public API ---------------------------------------------------------------------------------------------------
+
+
+def score_stream(model_path: str | os.PathLike, spec: EvalSpec, reference: Reference | None = None,
+                 config: RunnerConfig | None = None, runner: LlamaRunner | None = None) -> Iterator[ScoreRecord]:
+    """Yield the running ScoreRecord after each group of chunks; the last one has done=True."""
+    own = runner is None
+    if own:
+        runner = LlamaRunner(model_path, config or RunnerConfig(n_ctx=spec.n_ctx))
+    try:
+        tokens = runner.tokenize(spec.text, add_bos=True)
+        n_chunks = plan_chunks(tokens, spec.n_ctx, spec.n_chunks)
+        if reference is not None:
+            reference.check(ReferenceKey("", tokens_digest(tokens), spec.n_ctx, n_chunks, reference.key.top_k))
+        per_chunk = spec.n_ctx - 1 - spec.n_ctx // 2
+        n_seq = runner.config.n_seq
+        nll_parts, cmp_parts = [], []
+        started = time.perf_counter()
+        for g in range(0, n_chunks, n_seq):
+            ids = list(range(g, min(n_chunks, g + n_seq)))
+            for c, logits in zip(ids, chunk_logits(runner, tokens, ids, spec.n_ctx)):
+                targets = _targets(tokens, c, spec.n_ctx)
+                if reference is None:
+                    nll_parts.append(-target_logprobs(logits, targets))
+                    continue
+                sl = slice(c * per_chunk, (c + 1) * per_chunk)
+                ref = TopK(reference.topk.ids[sl], reference.topk.logprobs[sl], reference.topk.log_rest[sl],
+                           reference.topk.target_logprob[sl])
+                cmp = compare_to_reference(logits, ref, targets)
+                nll_parts.append(-cmp.target_logprob)
+                cmp_parts.append(cmp)
+            done = ids[-1] + 1
+            merged = None
+            if cmp_parts:
+                merged = {f: np.concatenate([getattr(p, f) for p in cmp_parts])
+                          for f in ("kld", "same_top", "delta_p")}
+            yield summarize(str(model_path), spec.n_ctx, done, n_chunks, np.concatenate(nll_parts), merged,
+                            reference, time.perf_counter() - started, done * spec.n_ctx)
+    finally:
+        if own:
+            runner.close()
+
+
+def score(model_path, spec: EvalSpec, reference: Reference | None = None,
+          config: RunnerConfig | None = None) -> ScoreRecord:
+    """The final record (the last one `score_stream` yields)."""
+    record = None
+    for record in score_stream(model_path, spec, reference, config):
+        pass
+    return record
+
+
+def compute_reference(model_path: str | os.PathLike, spec: EvalSpec, config: RunnerConfig | None = None,
+                      model_digest: str | None = None) -> Reference:
+    """Run the reference model once over the evaluation and keep its top-K distributions."""
+    with LlamaRunner(model_path, config or RunnerConfig(n_ctx=spec.n_ctx)) as runner:
+        tokens = runner.tokenize(spec.text, add_bos=True)
+        n_chunks = plan_chunks(tokens, spec.n_ctx, spec.n_chunks)
+        parts, nll = [], []
+        for g in range(0, n_chunks, runner.config.n_seq):
+            ids = list(range(g, min(n_chunks, g + runner.config.n_seq)))
+            for c, logits in zip(ids, chunk_logits(runner, tokens, ids, spec.n_ctx)):
+                tk = top_k(logits, spec.top_k, _targets(tokens, c, spec.n_ctx))
+                parts.append(tk)
+                nll.append(-tk.target_logprob.astype(np.float64))
+    topk = TopK(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("ids", "logprobs", "log_rest",
+                                                                           "target_logprob")))
+    key = ReferenceKey(model_digest or file_digest(model_path), tokens_digest(tokens), spec.n_ctx, n_chunks,
+                       topk.ids.shape[1])
+    return Reference(key, topk, str(model_path), float(math.exp(np.concatenate(nll).mean())))
+
+
+def reference_for(reference_model: str | None, cache_path: str | None, spec: EvalSpec,
+                  config: RunnerConfig | None = None) -> Reference:
+    """Load or compute (and cache) the reference for this evaluation.
+
+    --reference-cache PATH alone: the cache must exist and match. --reference REF alone: cached under the default
+    reference directory, keyed by model digest, tokens, context, chunks and K. Both: PATH is used as the cache.
+    """
+    if reference_model is None:
+        if cache_path is None:
+            raise ScoreError("KL divergence needs --reference REF.gguf or --reference-cache DIR")
+        return load_reference(cache_path)
+    memo = default_reference_dir() / "digests"
+    digest = file_digest(reference_model, memo)
+    if cache_path is not None and Path(cache_path, "meta.json").exists():
+        ref = load_reference(cache_path)
+        if ref.key.model_digest != digest:
+            raise ScoreError(f"reference cache {cache_path} was made with another model than {reference_model}")
+        return ref
+    ref = compute_reference(reference_model, spec, config, model_digest=digest)
+    save_reference(ref, cache_path or default_reference_dir() / ref.key.digest)
+    return ref
+
+
+__all__ = ["EvalSpec", "ScoreRecord", "ScoreError", "score", "score_stream", "compute_reference", "reference_for",
+           "log_normalizer"]
