@@ -186,6 +186,86 @@ def cmd_make_tiny(args) -> int:
     return 0
 
 
+# ---- score -------------------------------------------------------------------------------------------------------
+
+
+def default_text() -> str:
+    """The project's license-clean English corpus (CPython standard-library docstrings, PSF license)."""
+    return (Path(__file__).parent / "data" / "stdlib-docs.txt").read_text()
+
+
+def cmd_score(args) -> int:
+    import llama_cpp  # noqa: F401  (before numpy)
+
+    from .llama_runner import LlamaRunner, RunnerConfig
+    from .score import EvalSpec, reference_for, score_stream
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = set(metrics) - {"ppl", "kld", "humaneval", "mc"}
+    if unknown:
+        raise ValueError(f"unknown metrics {sorted(unknown)}; choose from ppl, kld, humaneval, mc")
+    result: dict[str, Any] = {"model": args.model}
+    text = Path(args.text).read_text() if args.text else default_text()
+    spec = EvalSpec(text=text, n_ctx=args.ctx, n_chunks=args.chunks, top_k=args.top_k)
+    config = RunnerConfig(n_ctx=args.ctx, n_gpu_layers=args.n_gpu_layers)
+    if "ppl" in metrics or "kld" in metrics:
+        reference = None
+        if "kld" in metrics:
+            reference = reference_for(args.reference, args.reference_cache, spec, config)
+        record = None
+        for record in score_stream(args.model, spec, reference, config):
+            if args.stream:
+                line = {"running": record.as_dict()} if args.json else _running_line(record)
+                print(json.dumps(line, default=str) if args.json else line, flush=True)
+        result["text"] = record.as_dict()
+    if "humaneval" in metrics or "mc" in metrics:
+        from .tasks import load_choice_items, score_choices, score_humaneval
+
+        gen_config = RunnerConfig(n_ctx=args.gen_ctx, n_seq=args.n_seq, n_gpu_layers=args.n_gpu_layers)
+        with LlamaRunner(args.model, gen_config) as runner:
+            if "humaneval" in metrics:
+                he = score_humaneval(runner, args.model, limit=args.limit, chat=args.chat,
+                                     max_new_tokens=args.max_new_tokens)
+                result["humaneval"] = {k: v for k, v in vars(he).items() if k != "completions"}
+            if "mc" in metrics:
+                if not args.mc:
+                    raise ValueError("--metrics mc needs at least one --mc FILE.jsonl")
+                result["mc"] = {Path(f).stem: vars(score_choices(runner, load_choice_items(f))) for f in args.mc}
+    if args.json:
+        _print_json(result)
+    else:
+        _print_score(result)
+    return 0
+
+
+def _running_line(r) -> str:
+    line = f"[{r.chunks_done}/{r.n_chunks}] ppl {r.ppl:.4f} +/- {r.ppl_se:.4f}"
+    if r.kld is not None:
+        line += f"  kld {r.kld:.6f} +/- {r.kld_se:.6f}  same-top {100 * r.same_top:.2f}%"
+    return line
+
+
+def _print_score(result: dict) -> None:
+    print(f"model: {result['model']}")
+    t = result.get("text")
+    if t:
+        print(f"perplexity   {t['ppl']:.4f} +/- {t['ppl_se']:.4f}   ({t['n_chunks']} chunks of {t['n_ctx']}, "
+              f"{t['n_scored']} scored tokens, {t['tokens_per_second']:.0f} tokens/s)")
+        if t["kld"] is not None:
+            print(f"KL divergence mean {t['kld']:.6f} +/- {t['kld_se']:.6f}  median {t['kld_median']:.6f}  "
+                  f"p90 {t['kld_p90']:.6f}  p99 {t['kld_p99']:.6f}  p99.9 {t['kld_p999']:.6f}  max {t['kld_max']:.6f}")
+            print(f"same top token {100 * t['same_top']:.2f}% +/- {100 * t['same_top_se']:.2f}%   "
+                  f"RMS delta-p {100 * t['rms_dp']:.3f}% +/- {100 * t['rms_dp_se']:.3f}%   "
+                  f"reference ppl {t['reference_ppl']:.4f} (top-{t['top_k']})")
+    he = result.get("humaneval")
+    if he:
+        print(f"HumanEval pass@1 {100 * he['pass_at_1']:.1f}% +/- {100 * he['pass_at_1_se']:.1f}% "
+              f"({he['passed']}/{he['n_problems']}; {he['generated_tokens']} tokens in {he['generate_seconds']:.1f} s)")
+    for name, mc in (result.get("mc") or {}).items():
+        print(f"{name}: acc {100 * mc['acc']:.1f}% +/- {100 * mc['acc_se']:.1f}%   acc_norm "
+              f"{100 * mc['acc_norm']:.1f}% +/- {100 * mc['acc_norm_se']:.1f}%  ({mc['n_items']} items)")
+
+
 # ---- demo --------------------------------------------------------------------------------------------------------
 
 
@@ -291,6 +371,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_make_tiny)
 
+    p = sub.add_parser("score", help="score a model: perplexity, KL divergence, HumanEval pass@1, multiple choice")
+    p.add_argument("--model", required=True)
+    p.add_argument("--text", help="evaluation text (default: the built-in English corpus of stdlib docstrings)")
+    p.add_argument("--ctx", type=int, default=512, help="context size for perplexity/KLD (512)")
+    p.add_argument("--chunks", type=int, default=None, help="at most this many chunks (default: all)")
+    p.add_argument("--metrics", default="ppl", help="comma-separated: ppl,kld,humaneval,mc (ppl)")
+    p.add_argument("--reference", help="reference model for KLD (its top-K pass is cached)")
+    p.add_argument("--reference-cache", help="reference cache directory (made from --reference if absent)")
+    p.add_argument("--top-k", type=int, default=128, help="reference tokens kept per position for KLD (128)")
+    p.add_argument("--n-gpu-layers", type=int, default=None, help="layers on the GPU (default: all if visible)")
+    p.add_argument("--stream", action="store_true", help="print running metrics after every chunk")
+    p.add_argument("--limit", type=int, default=None, help="HumanEval: a deterministic subset of N problems")
+    p.add_argument("--chat", action="store_true", help="HumanEval: prompt through the model's chat template")
+    p.add_argument("--max-new-tokens", type=int, default=384, help="HumanEval: tokens per completion (384)")
+    p.add_argument("--gen-ctx", type=int, default=1024, help="HumanEval/MC: context per sequence (1024)")
+    p.add_argument("--n-seq", type=int, default=8, help="HumanEval/MC: sequences decoded together (8)")
+    p.add_argument("--mc", action="append", default=[], help="multiple-choice JSONL file (repeatable)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_score)
+
     p = sub.add_parser("demo", help="run the demo on the embedded tiny MoE model (CPU, a minute)")
     p.add_argument("--workdir", default="cerebellum-demo", help="where the demo writes its files")
     p.add_argument("--seed", type=int, default=0)
@@ -302,12 +402,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .build import BuildError
     from .gguf_io import GGUFError
+    from .reference import ReferenceMismatch
     from .precision_map import MapError
     from .quantize import QuantizeError
 
     try:
         return args.func(args)
-    except (GGUFError, MapError, BuildError, QuantizeError, OSError, KeyError, ValueError) as exc:
+    except (GGUFError, MapError, BuildError, QuantizeError, ReferenceMismatch, OSError, KeyError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"cerebellum-ray {args.command}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -87,6 +87,8 @@ class LlamaRunner:
             raise LlamaError(f"llama.cpp could not create a context of {cparams.n_ctx} tokens for {model_path}")
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, config.n_seq)
+        self._bind_batch_views()
+        self._pieces: dict[int, bytes] = {}
         self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
         self.eos = int(llama_cpp.llama_vocab_eos(self.vocab))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
@@ -104,9 +106,13 @@ class LlamaRunner:
         return np.ctypeslib.as_array(buf)[:n].astype(np.int32)
 
     def piece(self, token: int) -> bytes:
-        buf = ctypes.create_string_buffer(256)
-        n = llama_cpp.llama_token_to_piece(self.vocab, int(token), buf, len(buf), 0, False)
-        return buf.raw[: max(n, 0)]
+        token = int(token)
+        cached = self._pieces.get(token)
+        if cached is None:
+            buf = ctypes.create_string_buffer(256)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            cached = self._pieces[token] = buf.raw[: max(n, 0)]
+        return cached
 
     def detokenize(self, tokens) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
@@ -130,21 +136,13 @@ class LlamaRunner:
         n = len(tokens)
         if n > self.n_batch:
             raise LlamaError(f"batch of {n} tokens exceeds n_batch {self.n_batch}")
-        b = self.batch
-        b.n_tokens = n
-        tok = np.ctypeslib.as_array(b.token, shape=(self.n_batch,))
-        pos = np.ctypeslib.as_array(b.pos, shape=(self.n_batch,))
-        nsq = np.ctypeslib.as_array(b.n_seq_id, shape=(self.n_batch,))
-        lg = np.ctypeslib.as_array(b.logits, shape=(self.n_batch,))
-        tok[:n] = tokens
-        pos[:n] = positions
-        nsq[:n] = 1
+        self.batch.n_tokens = n
+        self._tok[:n] = tokens
+        self._pos[:n] = positions
+        self._seq[:n] = seq_ids
         want = np.asarray(want_logits, dtype=bool)
-        lg[:n] = want
-        seq_ids = np.broadcast_to(np.asarray(seq_ids, dtype=np.int32), (n,))
-        for i, s in enumerate(seq_ids.tolist()):
-            b.seq_id[i][0] = s
-        rc = llama_cpp.llama_decode(self.ctx, b)
+        self._want[:n] = want
+        rc = llama_cpp.llama_decode(self.ctx, self.batch)
         if rc != 0:
             raise LlamaError(f"llama_decode failed with code {rc} (batch of {n} tokens)")
         n_out = int(want.sum())
@@ -153,8 +151,26 @@ class LlamaRunner:
         ptr = llama_cpp.llama_get_logits(self.ctx)
         return np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab))
 
+    def _bind_batch_views(self) -> None:
+        """numpy views of the batch's arrays; every entry's seq_id pointer is aimed at one int32 array of ours,
+        so a decode fills the whole batch with vectorized writes (the original pointers are restored on close)."""
+        b, n = self.batch, self.n_batch
+        self._tok = np.ctypeslib.as_array(b.token, shape=(n,))
+        self._pos = np.ctypeslib.as_array(b.pos, shape=(n,))
+        self._want = np.ctypeslib.as_array(b.logits, shape=(n,))
+        np.ctypeslib.as_array(b.n_seq_id, shape=(n,))[:] = 1
+        self._seq = np.zeros(n, dtype=np.int32)
+        self._int_p = type(b.seq_id[0])
+        # addresses as ints: indexing a ctypes pointer array returns a view that would follow the rewrite
+        self._seq_ptrs_orig = [ctypes.cast(b.seq_id[i], ctypes.c_void_p).value for i in range(n)]
+        base = self._seq.ctypes.data
+        for i in range(n):
+            b.seq_id[i] = ctypes.cast(base + 4 * i, self._int_p)
+
     def close(self) -> None:
         if getattr(self, "batch", None) is not None:
+            for i, addr in enumerate(self._seq_ptrs_orig):
+                self.batch.seq_id[i] = ctypes.cast(addr, self._int_p)
             llama_cpp.llama_batch_free(self.batch)
             self.batch = None
         if getattr(self, "ctx", None):

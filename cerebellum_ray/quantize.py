@@ -18,8 +18,9 @@ import numpy as np
 from . import _ggml
 from .ggml_types import GGMLType, ggml_type
 
-# Rows per work item are chosen so that one item converts about this many elements to float32 (16 MiB).
-CHUNK_ELEMENTS = 4 * 1024 * 1024
+# Rows per work item: about this many elements (1 MiB of float32), so that even a 2048x2048 tensor keeps all
+# threads busy (llama-quantize uses 16384-element chunks).
+CHUNK_ELEMENTS = 256 * 1024
 
 
 class QuantizeError(ValueError):
