@@ -266,6 +266,61 @@ def _print_score(result: dict) -> None:
               f"{100 * mc['acc_norm']:.1f}% +/- {100 * mc['acc_norm_se']:.1f}%  ({mc['n_items']} items)")
 
 
+# ---- search ------------------------------------------------------------------------------------------------------
+
+
+def _search_options(args):
+    from .search import SearchOptions
+
+    return SearchOptions(
+        space_file=args.space, source=args.source, study=args.study, store_dir=args.store, strategy=args.strategy,
+        reference=args.reference, imatrix=args.imatrix, trials=args.trials, gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent, scheduler=args.scheduler,
+        max_failures=args.max_failures, resume=args.resume, address=args.address, storage_path=args.storage_path,
+        cache_dir=args.cache_dir, seed=args.seed, verbose=not args.json, num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+    )
+
+
+def cmd_search(args) -> int:
+    from .search import run_search
+
+    result = run_search(_search_options(args))
+    summary = _study_summary(result.store_dir, result.study)
+    if args.json:
+        _print_json({**vars(result), **summary})
+    else:
+        _print_study_summary(summary, result.store_dir)
+    return 0
+
+
+def _study_summary(store_dir: str, study: str) -> dict[str, Any]:
+    from . import store
+
+    rows = store.rows(store_dir, [study])
+    by_status: dict[str, int] = {}
+    for r in rows:
+        by_status[r["status"]] = by_status.get(r["status"], 0) + 1
+    done = [r for r in rows if r["status"] == "complete" and r["kld"] is not None]
+    front = sorted((r for r in done if not any(
+        o["size_bytes"] <= r["size_bytes"] and o["kld"] <= r["kld"] and (o["size_bytes"], o["kld"]) !=
+        (r["size_bytes"], r["kld"]) for o in done)), key=lambda r: r["size_bytes"])
+    keep = ("trial_id", "strategy", "label", "size_bytes", "bpw", "kld", "kld_se", "ppl", "humaneval")
+    return {"study": study, "trials": len(rows), "by_status": by_status,
+            "front": [{k: r.get(k) for k in keep} for r in front]}
+
+
+def _print_study_summary(summary: dict, store_dir: str) -> None:
+    print(f"\nstudy {summary['study']}: {summary['trials']} trials "
+          f"({', '.join(f'{n} {s}' for s, n in sorted(summary['by_status'].items()))})")
+    print(f"Pareto front (size vs mean KLD), {len(summary['front'])} points:")
+    print(f"  {'trial':<22} {'strategy':<9} {'bpw':>7} {'size':>12} {'kld':>10} {'+/-':>8} {'ppl':>10}  label")
+    for r in summary["front"]:
+        print(f"  {r['trial_id']:<22} {r['strategy']:<9} {r['bpw']:>7.3f} {r['size_bytes']:>12} {r['kld']:>10.5f} "
+              f"{r['kld_se'] or 0:>8.5f} {r['ppl']:>10.3f}  {r['label'] or ''}")
+    print(f"store: {store_dir}")
+
+
 # ---- demo --------------------------------------------------------------------------------------------------------
 
 
@@ -391,6 +446,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_score)
 
+    p = sub.add_parser("search", help="search precision maps on Ray Tune (Optuna or automated ablation)")
+    p.add_argument("--space", required=True, help="search space YAML (see search_spaces/README.md)")
+    p.add_argument("--source", required=True, help="the full-precision source GGUF (same path on every node)")
+    p.add_argument("--study", required=True, help="study name (resume continues a study of this name)")
+    p.add_argument("--store", required=True, help="result store directory (Parquet, one file per trial)")
+    p.add_argument("--strategy", choices=["optuna", "ablation"], default="optuna")
+    p.add_argument("--trials", type=int, help="number of trials (default: the space's search.trials)")
+    p.add_argument("--reference", help="reference model for KLD (default: the source)")
+    p.add_argument("--imatrix", help="importance matrix for the builds")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPU fraction per trial, e.g. 0.25")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: what the resources allow)")
+    p.add_argument("--scheduler", choices=["dominance", "asha", "none"], default="dominance",
+                   help="early stopping: dominated-so-far (default), ASHA on KLD/PPL, or none")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial")
+    p.add_argument("--resume", action="store_true", help="continue the study after the driver was stopped")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--storage-path", help="Ray Tune storage (shared path or s3://) for multi-node clusters")
+    p.add_argument("--cache-dir", help="per-node tensor cache directory")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
+    p.add_argument("--num-gpus", type=float, help="GPUs of a local Ray (default: detected)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_search)
+
+    from .surgery import add_surgery_parser
+
+    add_surgery_parser(sub)
+
     p = sub.add_parser("demo", help="run the demo on the embedded tiny MoE model (CPU, a minute)")
     p.add_argument("--workdir", default="cerebellum-demo", help="where the demo writes its files")
     p.add_argument("--seed", type=int, default=0)
@@ -403,12 +487,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .build import BuildError
     from .gguf_io import GGUFError
     from .reference import ReferenceMismatch
+    from .space import SpaceError
     from .precision_map import MapError
     from .quantize import QuantizeError
 
     try:
         return args.func(args)
-    except (GGUFError, MapError, BuildError, QuantizeError, ReferenceMismatch, OSError, KeyError, ValueError) as exc:
+    except (GGUFError, MapError, BuildError, QuantizeError, ReferenceMismatch, SpaceError, OSError, KeyError,
+            ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"cerebellum-ray {args.command}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT

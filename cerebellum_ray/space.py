@@ -1,0 +1,289 @@
+"""Search spaces: which tensors' precision is searched, how finely, over which types, under which constraints.
+
+A space is YAML (format: search_spaces/README.md). It is validated against the model's catalog before any trial
+runs; every error names the dimension (and the tensor) at fault. A validated `SearchSpace` turns a point
+(parameter name -> index into the dimension's candidate types) into a `PrecisionMap`.
+
+Granularity: `per: group` gives one choice to all selected tensors, `per: layer` one choice per layer (tensors of
+several groups selected in one dimension share their layer's choice: a tie, e.g. ffn_gate and ffn_up), `per:
+tensor` one choice per tensor.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .catalog import GROUPS, ModelCatalog, TensorInfo
+from .ggml_types import TYPES, ggml_type
+from .precision_map import MapSpec, PrecisionMap, Rule, resolve
+
+OBJECTIVE_DIRECTIONS = {"kld": "min", "ppl": "min", "size": "min", "bpw": "min", "humaneval": "max", "mc": "max"}
+_SIZE_UNITS = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+class SpaceError(ValueError):
+    """An invalid search space; the message names the dimension, the tensor and the rule."""
+
+
+def parse_size(value: Any, where: str) -> int:
+    if isinstance(value, (int, float)):
+        return int(value)
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(value))
+    unit = (m.group(2) or "B").upper() if m else ""
+    if not m or unit not in _SIZE_UNITS:
+        raise SpaceError(f"{where}: {value!r} is not a size (e.g. 11.7GB, 500MiB, 123456)")
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched choice: `tensors` take the type `types[index]` together."""
+
+    param: str  # Optuna parameter name (no "/": Ray flattens nested names with it)
+    dimension: str  # the dimension's name in the space file
+    tensors: tuple[str, ...]
+    types: tuple[str, ...]  # candidates, ordered by bits per weight
+    layer: int | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    text: str | None = None  # path; None: the built-in corpus
+    ctx: int = 512
+    chunks: int | None = 8
+    top_k: int = 128
+    humaneval_limit: int = 0  # 0: HumanEval not scored
+    mc: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    base: MapSpec
+    dimensions: tuple[Dimension, ...]
+    objectives: tuple[str, ...]
+    max_size: int | None = None
+    max_bpw: float | None = None
+    evaluation: Evaluation = Evaluation()
+    sampler: str = "nsga2"
+    trials: int = 32
+    seed: int = 0
+    source_file: str = ""
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return tuple(OBJECTIVE_DIRECTIONS[o] for o in self.objectives)
+
+    def base_point(self, base_map: PrecisionMap) -> dict[str, int]:
+        """The point closest to the base map: each dimension at its base type if it is a candidate, else the
+        candidate nearest in bits per weight."""
+        point = {}
+        for d in self.dimensions:
+            current = base_map.types[d.tensors[0]]
+            bpw = TYPES[current].bits_per_weight
+            point[d.param] = min(range(len(d.types)),
+                                 key=lambda i: (d.types[i] != current, abs(TYPES[d.types[i]].bits_per_weight - bpw)))
+        return point
+
+    def rules_for(self, point: Mapping[str, int]) -> tuple[Rule, ...]:
+        rules = []
+        for d in self.dimensions:
+            idx = int(point[d.param])
+            if not 0 <= idx < len(d.types):
+                raise SpaceError(f"dimension {d.param}: index {idx} outside its {len(d.types)} candidate types")
+            rules.extend(Rule(t, d.types[idx]) for t in d.tensors)
+        return tuple(rules)
+
+    def map_for(self, catalog: ModelCatalog, point: Mapping[str, int], has_imatrix: bool = False) -> PrecisionMap:
+        spec = MapSpec(rules=self.rules_for(point), base=self.base.base, like=self.base.like,
+                       fallback=self.base.fallback)
+        return resolve(catalog, spec, has_imatrix=has_imatrix)
+
+
+# ---- parsing -----------------------------------------------------------------------------------------------------
+
+
+def _select(catalog: ModelCatalog, dim_name: str, select: Mapping[str, Any]) -> list[TensorInfo]:
+    if not isinstance(select, Mapping) or not select:
+        raise SpaceError(f"dimension {dim_name}: `select` must be a mapping with group, layers, regex or tensors")
+    unknown = set(select) - {"group", "layers", "regex", "tensors"}
+    if unknown:
+        raise SpaceError(f"dimension {dim_name}: unknown select keys {sorted(unknown)}")
+    chosen = [t for t in catalog.tensors if t.quantizable]
+    if "group" in select:
+        groups = [select["group"]] if isinstance(select["group"], str) else list(select["group"])
+        bad = [g for g in groups if g not in GROUPS]
+        if bad:
+            raise SpaceError(f"dimension {dim_name}: unknown group {bad[0]!r}; groups: {', '.join(GROUPS)}")
+        chosen = [t for t in chosen if t.group in groups]
+    if "layers" in select:
+        layers = _layer_set(select["layers"], dim_name, catalog.n_layer)
+        chosen = [t for t in chosen if t.layer in layers]
+    if "regex" in select:
+        rx = re.compile(select["regex"])
+        chosen = [t for t in chosen if rx.search(t.name)]
+    if "tensors" in select:
+        names = list(select["tensors"])
+        missing = [n for n in names if n not in catalog.by_name]
+        if missing:
+            raise SpaceError(f"dimension {dim_name}: tensor {missing[0]!r} is not in {catalog.path}")
+        chosen = [t for t in chosen if t.name in names]
+    if not chosen:
+        raise SpaceError(f"dimension {dim_name}: `select` {dict(select)} matches no 2-D/3-D tensor of {catalog.path}")
+    return chosen
+
+
+def _layer_set(spec: Any, dim_name: str, n_layer: int) -> set[int]:
+    if isinstance(spec, int):
+        return {spec}
+    if isinstance(spec, (list, tuple)):
+        return {int(x) for x in spec}
+    m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", str(spec))
+    if not m:
+        raise SpaceError(f"dimension {dim_name}: layers {spec!r} must be N, [N, M, ...] or 'A-B'")
+    lo, hi = int(m.group(1)), int(m.group(2))
+    if hi >= n_layer:
+        raise SpaceError(f"dimension {dim_name}: layers {spec!r} reach past the model's {n_layer} layers")
+    return set(range(lo, hi + 1))
+
+
+def _param_name(dim_name: str, suffix: str) -> str:
+    name = f"{dim_name}.{suffix}" if suffix else dim_name
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _dimensions(catalog: ModelCatalog, entry: Mapping[str, Any], fallback: bool) -> list[Dimension]:
+    name = str(entry.get("name") or "")
+    if not name:
+        raise SpaceError(f"a dimension has no name: {dict(entry)}")
+    tensors = _select(catalog, name, entry.get("select", {}))
+    types = entry.get("types")
+    if not types or not isinstance(types, (list, tuple)):
+        raise SpaceError(f"dimension {name}: `types` must list the candidate ggml types")
+    try:
+        types = sorted({ggml_type(t).name for t in types}, key=lambda t: (TYPES[t].bits_per_weight, t))
+    except ValueError as exc:
+        raise SpaceError(f"dimension {name}: {exc}") from None
+    if not fallback:
+        for t in tensors:
+            illegal = [ty for ty in types if not TYPES[ty].fits_row(t.n_per_row)]
+            if illegal:
+                raise SpaceError(
+                    f"dimension {name}: type {illegal[0]} is illegal for tensor {t.name} (rows of {t.n_per_row} are "
+                    f"not a multiple of its block of {TYPES[illegal[0]].block_size}); legal: "
+                    f"{', '.join(ty for ty in t.legal_types if ty in TYPES)}; or set `fallback: true`"
+                )
+    per = entry.get("per", "group")
+    if per == "group":
+        return [Dimension(_param_name(name, ""), name, tuple(t.name for t in tensors), tuple(types))]
+    if per == "layer":
+        by_layer: dict[int, list[str]] = {}
+        for t in tensors:
+            if t.layer is None:
+                raise SpaceError(f"dimension {name}: per: layer, but tensor {t.name} belongs to no layer")
+            by_layer.setdefault(t.layer, []).append(t.name)
+        return [Dimension(_param_name(name, f"L{layer}"), name, tuple(names), tuple(types), layer)
+                for layer, names in sorted(by_layer.items())]
+    if per == "tensor":
+        return [Dimension(_param_name(name, t.name.removesuffix(".weight")), name, (t.name,), tuple(types), t.layer)
+                for t in tensors]
+    raise SpaceError(f"dimension {name}: per must be group, layer or tensor, not {per!r}")
+
+
+def load_space(path: str | os.PathLike, catalog: ModelCatalog) -> SearchSpace:
+    """Parse and validate a space file against a model; raises SpaceError naming what is wrong."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpaceError(f"cannot read search space {path}: {exc}") from None
+    return space_from_data(data, catalog, source_file=str(path))
+
+
+_TOP_KEYS = {"name", "description", "model", "base", "like", "fallback", "dimensions", "constraints", "objectives",
+             "evaluation", "search"}
+
+
+def space_from_data(data: Any, catalog: ModelCatalog, source_file: str = "<space>") -> SearchSpace:
+    if not isinstance(data, Mapping):
+        raise SpaceError(f"{source_file}: a search space is a YAML mapping")
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise SpaceError(f"{source_file}: unknown keys {sorted(unknown)}; allowed: {', '.join(sorted(_TOP_KEYS))}")
+    like = data.get("like")
+    if like and not os.path.isabs(like):
+        like = str(Path(source_file).parent / like)
+    try:
+        base = MapSpec(base=data.get("base"), like=like, fallback=bool(data.get("fallback", False)))
+    except ValueError as exc:
+        raise SpaceError(f"{source_file}: {exc}") from None
+    entries = data.get("dimensions") or []
+    if not isinstance(entries, Sequence) or isinstance(entries, str):
+        raise SpaceError(f"{source_file}: `dimensions` must be a list")
+    dims: list[Dimension] = []
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            raise SpaceError(f"{source_file}: each dimension is a mapping, got {entry!r}")
+        dims.extend(_dimensions(catalog, entry, base.fallback))
+    owner: dict[str, str] = {}
+    for d in dims:
+        for t in d.tensors:
+            if t in owner:
+                raise SpaceError(f"tensor {t} is in two dimensions ({owner[t]} and {d.dimension}); select it once")
+            owner[t] = d.dimension
+    objectives = tuple(data.get("objectives") or ("kld", "size"))
+    bad = [o for o in objectives if o not in OBJECTIVE_DIRECTIONS]
+    if bad:
+        raise SpaceError(f"{source_file}: unknown objective {bad[0]!r}; objectives: {', '.join(OBJECTIVE_DIRECTIONS)}")
+    constraints = data.get("constraints") or {}
+    unknown = set(constraints) - {"max_size", "max_bpw", "vram"}
+    if unknown:
+        raise SpaceError(f"{source_file}: unknown constraints {sorted(unknown)}; allowed: max_size, max_bpw, vram")
+    max_size = parse_size(constraints["max_size"], "constraints.max_size") if "max_size" in constraints else None
+    if "vram" in constraints:
+        max_size = _vram_budget(constraints["vram"], catalog, max_size)
+    ev = data.get("evaluation") or {}
+    evaluation = Evaluation(
+        text=ev.get("text"), ctx=int(ev.get("ctx", 512)), chunks=ev.get("chunks", 8), top_k=int(ev.get("top_k", 128)),
+        humaneval_limit=int(ev.get("humaneval_limit", 0)), mc=tuple(ev.get("mc", ()) or ()),
+    )
+    if "humaneval" in objectives and not evaluation.humaneval_limit:
+        raise SpaceError(f"{source_file}: objective humaneval needs evaluation.humaneval_limit > 0")
+    search = data.get("search") or {}
+    sampler = str(search.get("sampler", "nsga2")).lower()
+    if sampler not in ("nsga2", "tpe"):
+        raise SpaceError(f"{source_file}: search.sampler must be nsga2 or tpe, not {sampler!r}")
+    return SearchSpace(
+        name=str(data.get("name") or Path(source_file).stem), base=base, dimensions=tuple(dims),
+        objectives=objectives, max_size=max_size,
+        max_bpw=float(constraints["max_bpw"]) if "max_bpw" in constraints else None, evaluation=evaluation,
+        sampler=sampler, trials=int(search.get("trials", 32)), seed=int(search.get("seed", 0)),
+        source_file=source_file, raw=dict(data),
+    )
+
+
+def _vram_budget(vram: Any, catalog: ModelCatalog, max_size: int | None) -> int:
+    """'Fits N GB of VRAM with context C': the file must leave room for the KV cache of C tokens (F16 K and V)
+    plus a fixed 5% compute allowance."""
+    if not isinstance(vram, Mapping) or "gb" not in vram:
+        raise SpaceError("constraints.vram must be {gb: N, context: C}")
+    total = float(vram["gb"]) * 1e9
+    ctx = int(vram.get("context", 4096))
+    kv = catalog.kv
+    arch = catalog.arch
+    n_layer = catalog.n_layer
+    head_kv = kv.get(f"{arch}.attention.head_count_kv", kv.get(f"{arch}.attention.head_count", 1))
+    head_kv = max(head_kv) if isinstance(head_kv, list) else head_kv
+    k_len = kv.get(f"{arch}.attention.key_length") or (kv.get(f"{arch}.embedding_length", 0) //
+                                                       max(1, kv.get(f"{arch}.attention.head_count", 1)
+                                                           if not isinstance(kv.get(f"{arch}.attention.head_count"),
+                                                                             list) else 1))
+    kv_bytes = 2 * n_layer * ctx * int(head_kv) * int(k_len) * 2
+    budget = int(total * 0.95 - kv_bytes)
+    return min(budget, max_size) if max_size else budget

@@ -1,0 +1,118 @@
+"""The result store: one Parquet file per finished trial in one directory, one schema.
+
+The directory is a Parquet dataset readable by pyarrow (`pyarrow.dataset.dataset(DIR)`), DuckDB
+(`SELECT * FROM 'DIR/*.parquet'`) and Polars (`pl.scan_parquet('DIR/*.parquet')`). A row is written to a temporary
+file and renamed into place, so a reader never sees half a row, and its file name is derived from (study, trial
+id), so writing a trial twice replaces it instead of duplicating it. Pareto fronts, reports and export read only
+this store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+_F = pa.float64()
+
+# The one schema: every column, its type and its meaning (search_spaces/README.md documents it for users).
+COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
+    ("study", pa.string(), "study name"),
+    ("trial_id", pa.string(), "Ray Tune trial id (or a name for reference rows)"),
+    ("strategy", pa.string(), "optuna | ablation | preset | reference | fixed"),
+    ("status", pa.string(), "complete | pruned | failed | infeasible | duplicate"),
+    ("error", pa.string(), "error message of a failed trial"),
+    ("label", pa.string(), "a human name: preset name, ablation step, ..."),
+    ("map", pa.map_(pa.string(), pa.string()), "every tensor -> ggml type"),
+    ("map_hash", pa.string(), "sha256 of the sorted map (PrecisionMap.digest)"),
+    ("params", pa.string(), "the search point as JSON"),
+    ("n_changed", pa.int32(), "tensors whose type differs from the space's base map"),
+    ("size_bytes", pa.int64(), "exact file size of the built GGUF"),
+    ("bpw", _F, "bits per weight of the tensor data"),
+    ("ppl", _F, "perplexity"), ("ppl_se", _F, "its standard error"),
+    ("kld", _F, "mean KL divergence vs the reference (top-K estimate)"), ("kld_se", _F, "its standard error"),
+    ("kld_median", _F, ""), ("kld_p90", _F, ""), ("kld_p99", _F, ""), ("kld_p999", _F, ""), ("kld_max", _F, ""),
+    ("same_top", _F, "share of positions whose top token equals the reference's"), ("same_top_se", _F, ""),
+    ("rms_dp", _F, "RMS of p(target) - p_ref(target)"), ("rms_dp_se", _F, ""),
+    ("humaneval", _F, "HumanEval pass@1 on the subset"), ("humaneval_se", _F, ""),
+    ("mc_acc", _F, "multiple-choice accuracy (all files pooled)"), ("mc_acc_se", _F, ""),
+    ("chunks_done", pa.int32(), "text chunks scored (less than n_chunks for a pruned trial)"),
+    ("n_chunks", pa.int32(), "text chunks of the evaluation"),
+    ("eval_hash", pa.string(), "digest of the evaluation settings (text, context, chunks, K, reference)"),
+    ("build_s", _F, "seconds to build the GGUF"), ("load_s", _F, "seconds to load it"),
+    ("score_s", _F, "seconds to score it"),
+    ("node", pa.string(), "host that ran the trial"), ("gpu_ids", pa.string(), "CUDA_VISIBLE_DEVICES of the trial"),
+    ("versions", pa.string(), "JSON of package versions"),
+    ("started_at", pa.timestamp("us", tz="UTC"), ""), ("finished_at", pa.timestamp("us", tz="UTC"), ""),
+)
+SCHEMA = pa.schema([(name, typ) for name, typ, _ in COLUMNS])
+FLOAT_COLUMNS = tuple(name for name, typ, _ in COLUMNS if typ == _F)
+
+
+def _file_name(study: str, trial_id: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{study}__{trial_id}")
+    return f"{safe[:80]}-{hashlib.sha256(f'{study}/{trial_id}'.encode()).hexdigest()[:12]}.parquet"
+
+
+def normalize_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = set(row) - set(SCHEMA.names)
+    if unknown:
+        raise ValueError(f"unknown store columns {sorted(unknown)}")
+    out = {name: row.get(name) for name in SCHEMA.names}
+    if isinstance(out["map"], Mapping):
+        out["map"] = list(out["map"].items())
+    for key in ("params", "versions"):
+        if out[key] is not None and not isinstance(out[key], str):
+            out[key] = json.dumps(out[key], sort_keys=True, default=str)
+    for key in ("started_at", "finished_at"):
+        if isinstance(out[key], (int, float)):
+            out[key] = datetime.fromtimestamp(out[key], tz=timezone.utc)
+    return out
+
+
+def append(store_dir: str | os.PathLike, row: Mapping[str, Any]) -> Path:
+    """Write one row atomically (temporary file + rename); the same (study, trial_id) replaces its row."""
+    store = Path(store_dir)
+    store.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist([normalize_row(row)], schema=SCHEMA)
+    path = store / _file_name(str(row["study"]), str(row["trial_id"]))
+    fd, tmp = tempfile.mkstemp(prefix=".row.", suffix=".parquet.partial", dir=store)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read(store_dir: str | os.PathLike, studies: Iterable[str] | None = None) -> pa.Table:
+    """All rows (optionally of some studies) as one Arrow table with the store's schema."""
+    files = sorted(Path(store_dir).glob("*.parquet"))
+    if not files:
+        return SCHEMA.empty_table()
+    import pyarrow.dataset as ds
+
+    table = ds.dataset([str(f) for f in files], format="parquet", schema=SCHEMA).to_table()
+    if studies is not None:
+        import pyarrow.compute as pc
+
+        table = table.filter(pc.is_in(table["study"], value_set=pa.array(list(studies), pa.string())))
+    return table
+
+
+def rows(store_dir: str | os.PathLike, studies: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    out = read(store_dir, studies).to_pylist()
+    for r in out:
+        if r["map"] is not None:
+            r["map"] = dict(r["map"])
+    return out

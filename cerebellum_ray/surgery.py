@@ -1,0 +1,510 @@
+"""Tensor surgery: recast individual tensors of an existing, already quantized GGUF without the original source.
+
+This is the model card's ``gguf_tensor_surgery.py`` step (llama-quantize leaves MoE routers ``ffn_gate_inp`` alone
+whatever ``--tensor-type`` says): ``--set blk.8.ffn_gate_inp.weight=Q8_0`` dequantizes that tensor's current data
+with ggml's own ``to_float`` and quantizes it to the new type with ``ggml_quantize_chunk`` (``quantize.py``), the
+bytes llama-quantize would write from those floats.
+
+Guarantees
+  * Every other tensor's data and every key/value (raw bytes, same order, no key added or changed) are copied byte
+    for byte; tensor order and alignment are the input's. Only the data offsets of tensors after a changed tensor
+    move (for inputs laid out the standard way: in tensor-table order, each tensor padded to the alignment).
+  * Everything is checked before anything is written: tensor names (exact, or a regular expression as map rules
+    are), types legal for the row length (the legal alternatives are named), 1-D tensors, importance matrices.
+  * The output is written to a temporary file beside OUT, loaded and run in llama.cpp (a few tokens decoded, all
+    logits finite and not constant), and only then renamed into place, so OUT == IN replaces the input only after
+    the check passed. On any failure neither OUT nor the temporary file remains (and IN is as it was).
+  * The exact size of the result is known before any work (``GGUFLayout``): the dry run reports it.
+
+This module is imported by the command-line parser: heavy modules (numpy, gguf, llama.cpp) are imported lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import struct
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .catalog import ModelCatalog
+    from .gguf_io import GGUFLayout
+    from .precision_map import Rule
+    from .quantize import QuantJob
+
+CHECK_TEXT = "The quick brown fox jumps over the lazy dog. Hello world, this is a test sentence."
+CHECK_CTX = 32  # tokens decoded by the llama.cpp check
+_COPY_STEP = 1 << 24
+
+
+class SurgeryError(ValueError):
+    """A surgery refused (nothing written) or a result that failed its llama.cpp check (nothing replaced)."""
+
+
+@dataclass(frozen=True)
+class TensorChange:
+    """One tensor named by a --set: its type and data size before and after (equal types: a no-op)."""
+
+    name: str
+    group: str
+    shape: tuple[int, ...]  # ggml order, row length first
+    old_type: str
+    new_type: str
+    old_bytes: int
+    new_bytes: int
+
+    @property
+    def changed(self) -> bool:
+        return self.old_type != self.new_type
+
+    @property
+    def delta(self) -> int:
+        return self.new_bytes - self.old_bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "group": self.group,
+            "shape": list(self.shape),
+            "old_type": self.old_type,
+            "new_type": self.new_type,
+            "old_bytes": self.old_bytes,
+            "new_bytes": self.new_bytes,
+            "delta": self.delta,
+            "changed": self.changed,
+        }
+
+
+@dataclass(frozen=True)
+class SurgeryReport:
+    """What a surgery did (or, for a dry run, would do). `changes` are in file order and include the no-ops."""
+
+    source: str
+    out: str | None  # None for a dry run without --out
+    changes: tuple[TensorChange, ...]
+    size_before: int  # the input file's size
+    size_after: int  # the output file's exact size
+    dry_run: bool
+    written: bool  # False for a dry run, and for OUT == IN with nothing to change
+    check: str | None = None  # what the llama.cpp check saw (None when nothing was written)
+    seconds: float = 0.0
+
+    @property
+    def delta(self) -> int:
+        return self.size_after - self.size_before
+
+    @property
+    def n_changed(self) -> int:
+        return sum(1 for c in self.changes if c.changed)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "out": self.out,
+            "dry_run": self.dry_run,
+            "written": self.written,
+            "changes": [c.as_dict() for c in self.changes],
+            "n_changed": self.n_changed,
+            "size_before": self.size_before,
+            "size_after": self.size_after,
+            "delta": self.delta,
+            "check": self.check,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class SurgeryPlan:
+    """Everything checked and laid out, nothing read beyond the header, nothing written."""
+
+    catalog: ModelCatalog
+    changes: tuple[TensorChange, ...]
+    jobs: Mapping[str, QuantJob]  # the tensors that really change
+    vectors: Mapping[str, Any] = field(repr=False)  # name -> importance vector or None
+    layout: GGUFLayout = field(repr=False)
+
+    @property
+    def size_before(self) -> int:
+        return self.catalog.file_size
+
+    @property
+    def size_after(self) -> int:
+        return self.layout.file_size
+
+
+# ---- planning ----------------------------------------------------------------------------------------------------
+
+
+def parse_sets(pairs: Iterable[str | Rule]) -> tuple[Rule, ...]:
+    """`NAME=TYPE` strings (or Rules) as map rules; NAME is a tensor name or a regular expression (case kept)."""
+    from .precision_map import MapError, Rule
+
+    rules: list[Rule] = []
+    for item in pairs:
+        if isinstance(item, Rule):
+            rules.append(item)
+            continue
+        pattern, sep, type_name = str(item).strip().rpartition("=")
+        if not sep or not pattern or not type_name:
+            raise MapError(
+                f"malformed --set {item!r}: expected TENSOR=TYPE, e.g. blk.8.ffn_gate_inp.weight=Q8_0"
+            )
+        try:
+            rules.append(Rule(pattern, type_name))
+        except ValueError as exc:
+            raise MapError(f"--set {item}: {exc}") from None
+    seen: dict[str, str] = {}
+    for r in rules:
+        if seen.setdefault(r.pattern, r.type) != r.type:
+            raise SurgeryError(f"--set {r.pattern} is given twice with different types ({seen[r.pattern]}, {r.type})")
+    return tuple(rules)
+
+
+def _file_version(path: str | os.PathLike) -> int:
+    with open(path, "rb") as f:
+        return struct.unpack("<I", f.read(8)[4:8])[0]
+
+
+def _check_dequantizable(job: QuantJob) -> None:
+    """Refuse a source type ggml cannot turn back into floats (integer tensors), before any work."""
+    import numpy as np
+
+    from . import _ggml
+    from .ggml_types import ggml_type
+
+    src = ggml_type(job.src_type)
+    if src.name == "F32":
+        return
+    try:  # one zero block through ggml's own dequantization
+        _ggml.to_float(src.id, np.zeros(src.type_size, np.uint8), src.block_size, np.empty(src.block_size, np.float32))
+    except ValueError:
+        raise SurgeryError(
+            f"{job.name}: ggml cannot dequantize its type {src.name}, so it cannot be recast; leave it as it is"
+        ) from None
+
+
+def plan_surgery(model: str | os.PathLike, sets: Sequence[str | Rule], imatrix=None) -> SurgeryPlan:
+    """Check every --set against the model and lay out the result; raises MapError/SurgeryError, writes nothing."""
+    from . import gguf_io
+    from .build import BuildError, _imatrix_vectors
+    from .catalog import load_catalog
+    from .ggml_types import ggml_type
+    from .precision_map import MapSpec, resolve
+    from .quantize import QuantizeError, QuantJob, check_job
+
+    rules = parse_sets(sets)
+    if not rules:
+        raise SurgeryError("nothing to do: give at least one --set TENSOR=TYPE")
+    catalog = load_catalog(model)
+    n_split = catalog.kv.get("split.count", 1)
+    if isinstance(n_split, int) and n_split > 1:
+        raise SurgeryError(
+            f"{model} is one of {n_split} split files; merge them first (llama-gguf-split --merge) and recast the "
+            "merged file"
+        )
+    # The source's own types as the base, the --set rules over it: names, regexes, legality and 1-D tensors are
+    # checked exactly as in precision maps (refusals name the tensor, the rule and the legal types).
+    pmap = resolve(catalog, MapSpec(rules=rules))
+    named = set(pmap.overridden)
+    changes = tuple(
+        TensorChange(t.name, t.group, t.shape, t.type, pmap.types[t.name], t.n_bytes, t.bytes_as(pmap.types[t.name]))
+        for t in catalog.tensors
+        if t.name in named
+    )
+    jobs = {c.name: QuantJob(c.name, c.shape, c.old_type, c.new_type) for c in changes if c.changed}
+    try:
+        vectors = dict(zip(jobs, _imatrix_vectors(catalog, list(jobs.values()), imatrix)))
+    except BuildError as exc:
+        raise SurgeryError(str(exc)) from None
+    for name, job in jobs.items():
+        _check_dequantizable(job)
+        try:
+            check_job(job, vectors[name])
+        except QuantizeError as exc:
+            raise SurgeryError(str(exc)) from None
+    new_types = {c.name: c.new_type for c in changes}
+    slots = [
+        gguf_io.TensorSlot(
+            t.name,
+            t.shape,
+            ggml_type(new_types.get(t.name, t.type)).id,
+            t.bytes_as(new_types[t.name]) if t.name in jobs else t.n_bytes,
+        )
+        for t in catalog.tensors
+    ]
+    layout = gguf_io.GGUFLayout.build([e.raw for e in catalog.kv_entries], slots, catalog.alignment)
+    version = _file_version(model)
+    if version != gguf_io.GGUF_VERSION:  # keep a version-2 file's version field (the layout is the same)
+        header = layout.header[:4] + struct.pack("<I", version) + layout.header[8:]
+        layout = gguf_io.GGUFLayout(header, layout.slots, layout.offsets, layout.alignment)
+    return SurgeryPlan(catalog, changes, jobs, vectors, layout)
+
+
+# ---- staged, checked output --------------------------------------------------------------------------------------
+
+
+def _check_destination(path: Path) -> None:
+    """Refuse an output that cannot be written, before any work."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise OSError(f"cannot write {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise PermissionError(f"cannot write {path}: directory {directory} is not writable")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a directory")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def staged_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield the path of a new, empty temporary file beside `path`; rename it to `path` when the block succeeds.
+
+    Unlike gguf_io.atomic_output the caller gets the temporary *path*, so it can write and close the file and then
+    check it (load it in llama.cpp) before it replaces anything. On any error, or if the check raises, the
+    temporary file is removed and `path` is left as it was. A replaced file keeps its permission bits.
+    """
+    path = Path(path)
+    _check_destination(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
+    except OSError as exc:
+        raise OSError(f"cannot write {path}: cannot create a file in {directory} ({exc.strerror})") from None
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o666 & ~_umask()  # mkstemp makes 0600; give a new file the permissions open() would
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+# ---- the llama.cpp check -----------------------------------------------------------------------------------------
+
+
+def check_runs(path: str | os.PathLike, n_gpu_layers: int = 0, n_threads: int | None = None) -> str:
+    """Load `path` in llama.cpp, decode a few tokens and require sane logits; returns what was seen.
+
+    Raises SurgeryError when the model does not load or decode, or when any logit is NaN/inf or any position's
+    logits are all equal (NaN weights can come out of attention that way).
+    """
+    import llama_cpp  # noqa: F401  (before numpy)
+    import numpy as np
+
+    from .llama_runner import LlamaError, LlamaRunner, RunnerConfig
+
+    config = RunnerConfig(n_ctx=CHECK_CTX, n_gpu_layers=n_gpu_layers, n_threads=n_threads)
+    try:
+        with LlamaRunner(path, config) as runner:
+            tokens = runner.tokenize(CHECK_TEXT)[:CHECK_CTX]
+            if tokens.size < 2:
+                raise SurgeryError(f"llama.cpp tokenized the check text of {path} into {tokens.size} tokens")
+            n = int(tokens.size)
+            logits = np.array(runner.decode(tokens, np.arange(n), np.zeros(n), np.ones(n, dtype=bool)))
+    except LlamaError as exc:
+        raise SurgeryError(f"llama.cpp cannot run it: {exc}") from None
+    bad = int((~np.isfinite(logits)).sum())
+    if bad:
+        raise SurgeryError(f"llama.cpp computed {bad} NaN/inf logits out of {logits.size} for {n} tokens")
+    flat = int((logits.max(axis=1) == logits.min(axis=1)).sum())
+    if flat:  # what NaN weights can turn into on the way (no trained model gives every token the same logit)
+        raise SurgeryError(f"llama.cpp computed the same logit for every token at {flat} of {n} positions")
+    return f"ok: llama.cpp loaded it and decoded {n} tokens, all {logits.size} logits finite and not constant"
+
+
+# ---- the surgery -------------------------------------------------------------------------------------------------
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def surgery(
+    model: str | os.PathLike,
+    sets: Sequence[str | Rule],
+    out: str | os.PathLike | None = None,
+    *,
+    imatrix=None,
+    dry_run: bool = False,
+    n_threads: int | None = None,
+    n_gpu_layers: int = 0,
+) -> SurgeryReport:
+    """Recast the tensors named by `sets` (``NAME=TYPE``, NAME exact or a regex) of `model` into `out`.
+
+    `out` may be `model` itself: it is replaced only after the result loaded and ran in llama.cpp. With
+    `dry_run`, everything is checked and the changes and exact sizes are reported, but nothing is written.
+    `imatrix` (an imatrix.Imatrix) is used for the recast tensors; types that need one are refused without it.
+    """
+    import llama_cpp  # noqa: F401  (before numpy: a CUDA build crashes otherwise)
+
+    started = time.perf_counter()
+    if out is None and not dry_run:
+        raise SurgeryError("an output file is needed (--out OUT.gguf; it may be the input), or ask for --dry-run")
+    plan = plan_surgery(model, sets, imatrix)
+    if out is not None:
+        _check_destination(Path(out))
+
+    def report(written: bool, check: str | None = None) -> SurgeryReport:
+        return SurgeryReport(
+            source=str(model),
+            out=None if out is None else str(out),
+            changes=plan.changes,
+            size_before=plan.size_before,
+            size_after=plan.size_after,
+            dry_run=dry_run,
+            written=written,
+            check=check,
+            seconds=time.perf_counter() - started,
+        )
+
+    if dry_run or (not plan.jobs and _same_file(model, out)):
+        return report(written=False)
+    fd = os.open(model, os.O_RDONLY)  # the input stays readable through this even after OUT == IN is replaced
+    try:
+        with staged_output(out) as tmp:
+            _write(plan, fd, tmp, n_threads)
+            try:
+                seen = check_runs(tmp, n_gpu_layers=n_gpu_layers, n_threads=n_threads)
+            except SurgeryError as exc:
+                raise SurgeryError(
+                    f"the recast model failed its llama.cpp check, {out} was not written: {exc}"
+                ) from None
+    finally:
+        os.close(fd)
+    return report(written=True, check=seen)
+
+
+def _write(plan: SurgeryPlan, fd: int, tmp: Path, n_threads: int | None) -> None:
+    from . import gguf_io
+    from .build import _pread  # pread per range into a numpy buffer: the builder's reader
+    from .ggml_types import ggml_type
+    from .quantize import quantize_tensor
+
+    layout = plan.layout
+    with open(tmp, "wb") as f:
+        f.write(layout.header)
+        for t, slot in zip(plan.catalog.tensors, layout.slots):
+            job = plan.jobs.get(t.name)
+            if job is None:
+                f.writelines(
+                    memoryview(_pread(fd, t.data_offset + off, min(_COPY_STEP, t.n_bytes - off)))
+                    for off in range(0, t.n_bytes, _COPY_STEP)
+                )
+            else:
+                row_bytes = ggml_type(job.src_type).row_bytes(t.n_per_row)
+                base = t.data_offset
+
+                def read_rows(first: int, n: int, base=base, row_bytes=row_bytes):
+                    return _pread(fd, base + first * row_bytes, n * row_bytes)
+
+                data = quantize_tensor(job, read_rows, plan.vectors.get(t.name), n_threads)
+                if data.nbytes != slot.n_bytes:
+                    raise AssertionError(f"{t.name}: quantized to {data.nbytes} bytes, layout says {slot.n_bytes}")
+                f.write(memoryview(data))
+            gguf_io.write_padding(f, slot.n_bytes, layout.alignment)
+        if f.tell() != layout.file_size:
+            raise AssertionError(f"wrote {f.tell()} bytes, layout says {layout.file_size}")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ---- command line ------------------------------------------------------------------------------------------------
+
+
+def add_surgery_parser(subparsers) -> argparse.ArgumentParser:
+    """The `surgery` subcommand (cli.build_parser calls this with its subparsers)."""
+    p = subparsers.add_parser(
+        "surgery",
+        help="recast individual tensors of a quantized GGUF (MoE routers included); everything else byte-identical",
+        description="Recast individual tensors of an existing GGUF (dequantize with ggml, quantize to the new type). "
+        "Every other tensor and all metadata stay byte-identical; the result is loaded and run in llama.cpp "
+        "before it is renamed into place.",
+    )
+    p.add_argument("model", help="the GGUF to operate on")
+    p.add_argument("--set", action="append", default=[], required=True, metavar="TENSOR=TYPE",
+                   help="recast TENSOR (an exact name, or a regex as in map rules) to TYPE (repeatable), "
+                        "e.g. blk.8.ffn_gate_inp.weight=Q8_0")
+    p.add_argument("--out", help="output GGUF (may be the input: replaced only after the check); "
+                                 "required unless --dry-run")
+    p.add_argument("--dry-run", action="store_true", help="show each change and the size delta, write nothing")
+    p.add_argument("--imatrix", help="importance matrix for the recast tensors (llama-imatrix .dat or GGUF)")
+    p.add_argument("--threads", type=int, default=None, help="quantizer and check threads (default: all cores)")
+    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers on the GPU for the llama.cpp check (0)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_surgery)
+    return p
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def format_report(r: SurgeryReport) -> str:
+    """The people output of `surgery`."""
+    if r.dry_run:
+        head = f"surgery on {r.source} (dry run, nothing written)"
+    elif r.written:
+        head = f"surgery on {r.source} -> {r.out}"
+    else:
+        head = f"surgery on {r.source}: nothing to change, {r.out} left as it is"
+    lines = [head]
+    width = max(len(c.name) for c in r.changes)
+    for c in r.changes:
+        if c.changed:
+            lines.append(f"  {c.name:<{width}}  {c.old_type:>6} -> {c.new_type:<6}  "
+                         f"{c.old_bytes:>12} -> {c.new_bytes:>12} bytes  ({c.delta:+d})")
+        else:
+            lines.append(f"  {c.name:<{width}}  {c.old_type:>6} -> {c.new_type:<6}  unchanged (already {c.old_type})")
+    pct = 100.0 * r.delta / r.size_before if r.size_before else 0.0
+    lines.append(f"file size {r.size_before} -> {r.size_after} bytes ({r.delta:+d}, {pct:+.3f}%; "
+                 f"{_human(r.size_before)} -> {_human(r.size_after)})")
+    if r.check:
+        lines.append(f"check: {r.check}")
+    return "\n".join(lines)
+
+
+def cmd_surgery(args) -> int:
+    import json
+    import sys
+
+    import llama_cpp  # noqa: F401  (before numpy)
+
+    imatrix = None
+    if args.imatrix:
+        from .imatrix import load_imatrix
+
+        imatrix = load_imatrix(args.imatrix)
+    if not args.out and not args.dry_run:
+        raise SurgeryError("--out OUT.gguf is required (it may be the input file), or ask for --dry-run")
+    report = surgery(args.model, args.set, args.out, imatrix=imatrix, dry_run=args.dry_run,
+                     n_threads=args.threads, n_gpu_layers=args.n_gpu_layers)
+    if args.json:
+        json.dump(report.as_dict(), sys.stdout, indent=1, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(format_report(report))
+    return 0

@@ -1,0 +1,142 @@
+"""One trial: build the map's GGUF (tensor cache), load it with llama.cpp, score it, reporting after every chunk.
+
+`evaluate_point` is plain Python (tests call it directly); `ray_trainable` adapts it to Ray Tune. Everything a
+trial needs besides its point travels once per study as a frozen `TrialContext` (Ray ships it through the object
+store with `tune.with_parameters`, so worker nodes need no shared filesystem for the reference).
+"""
+
+from __future__ import annotations
+
+import llama_cpp  # noqa: F401  (before numpy)
+
+import functools
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .build import build
+from .catalog import ModelCatalog, load_catalog
+from .llama_runner import LlamaRunner, RunnerConfig
+from .precision_map import PrecisionMap
+from .reference import Reference
+from .score import EvalSpec, ScoreRecord, score_stream
+from .space import SearchSpace
+from .tensor_cache import TensorCache
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    study: str
+    source: str  # the source GGUF, at this path on every node
+    space: SearchSpace
+    eval_text: str
+    eval_hash: str
+    reference: Reference | None
+    imatrix_path: str | None = None
+    cache_dir: str | None = None  # per-node tensor cache (None: the default location)
+    cache_size: int = 20 * 1024**3
+    work_dir: str = "/tmp/cerebellum-ray/trials"
+    n_threads: int | None = None
+    n_gpu_layers: int | None = None
+    keep_files: bool = False
+
+
+@functools.lru_cache(maxsize=4)
+def _catalog(path: str) -> ModelCatalog:
+    return load_catalog(path)
+
+
+@functools.lru_cache(maxsize=4)
+def _imatrix(path: str | None):
+    if not path:
+        return None
+    from .imatrix import load_imatrix
+
+    return load_imatrix(path)
+
+
+def objective_values(metrics: Mapping[str, Any], objectives) -> list[float]:
+    return [float(metrics[o]) for o in objectives]
+
+
+def _metrics(rec: ScoreRecord, size: int, bpw: float, final: bool) -> dict[str, Any]:
+    m = {
+        "size": size / 1e9, "size_bytes": size, "bpw": bpw, "ppl": rec.ppl, "ppl_se": rec.ppl_se,
+        "chunks_done": rec.chunks_done, "n_chunks": rec.n_chunks, "final": final,
+    }
+    if rec.kld is not None:
+        m.update(kld=rec.kld, kld_se=rec.kld_se, kld_median=rec.kld_median, kld_p90=rec.kld_p90, kld_p99=rec.kld_p99,
+                 kld_p999=rec.kld_p999, kld_max=rec.kld_max, same_top=rec.same_top, same_top_se=rec.same_top_se,
+                 rms_dp=rec.rms_dp, rms_dp_se=rec.rms_dp_se)
+    return m
+
+
+def evaluate_point(ctx: TrialContext, point: Mapping[str, int], report: Callable[[dict], None]) -> dict[str, Any]:
+    """Build, load and score one point, calling `report` after every chunk; returns the final metrics."""
+    catalog = _catalog(ctx.source)
+    imatrix = _imatrix(ctx.imatrix_path)
+    pmap: PrecisionMap = ctx.space.map_for(catalog, point, has_imatrix=imatrix is not None)
+    work = Path(ctx.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / f"{ctx.study}-{pmap.digest[:16]}-{os.getpid()}.gguf"
+    cache = TensorCache(ctx.cache_dir, size_limit=ctx.cache_size)
+    t0 = time.perf_counter()
+    report_ = build(ctx.source, pmap, out, imatrix=imatrix, cache=cache, n_threads=ctx.n_threads)
+    t1 = time.perf_counter()
+    ev = ctx.space.evaluation
+    spec = EvalSpec(ctx.eval_text, n_ctx=ev.ctx, n_chunks=ev.chunks, top_k=ev.top_k)
+    base = {"map_hash": pmap.digest, "build_s": t1 - t0, "node": socket.gethostname(),
+            "gpu_ids": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "cached": report_.count("cached"),
+            "quantized": report_.count("quantized")}
+    try:
+        runner = LlamaRunner(out, RunnerConfig(n_ctx=ev.ctx, n_gpu_layers=ctx.n_gpu_layers,
+                                               n_threads=ctx.n_threads))
+        t2 = time.perf_counter()
+        base["load_s"] = t2 - t1
+        final: dict[str, Any] = {}
+        try:
+            for rec in score_stream(out, spec, ctx.reference, runner=runner):
+                final = {**base, **_metrics(rec, report_.file_size, report_.bits_per_weight, final=False),
+                         "score_s": time.perf_counter() - t2}
+                if not rec.done:
+                    report(final)
+        finally:
+            runner.close()
+        final.update(_task_metrics(ctx, out))
+        final["score_s"] = time.perf_counter() - t2
+        final["final"] = True
+        report(final)
+        return final
+    finally:
+        if not ctx.keep_files:
+            out.unlink(missing_ok=True)
+
+
+def _task_metrics(ctx: TrialContext, model: Path) -> dict[str, Any]:
+    ev = ctx.space.evaluation
+    if not ev.humaneval_limit and not ev.mc:
+        return {}
+    from .tasks import load_choice_items, score_choices, score_humaneval
+
+    out: dict[str, Any] = {}
+    with LlamaRunner(model, RunnerConfig(n_ctx=1024, n_seq=8, n_gpu_layers=ctx.n_gpu_layers,
+                                         n_threads=ctx.n_threads)) as runner:
+        if ev.humaneval_limit:
+            he = score_humaneval(runner, model, limit=ev.humaneval_limit)
+            out.update(humaneval=he.pass_at_1, humaneval_se=he.pass_at_1_se)
+        if ev.mc:
+            items = [it for f in ev.mc for it in load_choice_items(f)]
+            mc = score_choices(runner, items)
+            out.update(mc=mc.acc, mc_acc=mc.acc, mc_acc_se=mc.acc_se)
+    return out
+
+
+def ray_trainable(config: dict, ctx: TrialContext) -> None:
+    """Ray Tune function trainable: the config is the point (parameter -> candidate index)."""
+    from ray import tune
+
+    point = {d.param: int(config[d.param]) for d in ctx.space.dimensions}
+    evaluate_point(ctx, point, tune.report)
