@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -282,10 +284,28 @@ def _search_options(args):
     )
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr(active: bool):
+    """With --json, stdout carries only the JSON document: everything Ray and Tune print goes to stderr."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def cmd_search(args) -> int:
     from .search import run_search
 
-    result = run_search(_search_options(args))
+    with _stdout_to_stderr(args.json):
+        result = run_search(_search_options(args))
     summary = _study_summary(result.store_dir, result.study)
     if args.json:
         _print_json({**vars(result), **summary})
@@ -471,9 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
 
+    from .humaneval import add_humaneval_check_parser
     from .surgery import add_surgery_parser
 
     add_surgery_parser(sub)
+    add_humaneval_check_parser(sub)
 
     p = sub.add_parser("demo", help="run the demo on the embedded tiny MoE model (CPU, a minute)")
     p.add_argument("--workdir", default="cerebellum-demo", help="where the demo writes its files")

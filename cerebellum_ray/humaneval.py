@@ -419,20 +419,10 @@ def _pids_of_uid(uid: int, zombies: bool = False) -> list[int]:
     return _pids_of_uids({uid}, zombies)
 
 
-def _wait_until_reaped(uid: int, wait_s: float = 2.0) -> bool:
-    """Wait for the zombies of `uid` to be reaped (by init: they were reparented when their parents died).
-    Zombies still count against RLIMIT_NPROC, so the next run on this uid must not start before."""
-    end = time.monotonic() + wait_s
-    while _pids_of_uid(uid, zombies=True):
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.005)
-    return True
-
-
-def sandbox_uid_processes() -> list[int]:
-    """Processes (zombies included) of any sandbox uid: between runs there should be none."""
-    return _pids_of_uids(set(range(SANDBOX_UID_BASE, SANDBOX_UID_BASE + SANDBOX_UID_SLOTS)), zombies=True)
+def sandbox_uid_processes(zombies: bool = False) -> list[int]:
+    """Processes of any sandbox uid. Between runs no live one exists; zombies (already dead, waiting for init
+    to reap them) may linger for a moment after a program that forked."""
+    return _pids_of_uids(set(range(SANDBOX_UID_BASE, SANDBOX_UID_BASE + SANDBOX_UID_SLOTS)), zombies)
 
 
 def _uid_is_free(uid: int) -> bool:
@@ -466,10 +456,13 @@ def _uid_slot(python: str, wait_s: float = 120.0) -> Iterator[int]:
             fd = _try_lock(lock_dir, uid)
             if fd < 0:
                 continue
+            if _pids_of_uid(uid):  # left over by a run that crashed: clear it first
+                kill_uid(uid, python)
+            if _pids_of_uid(uid, zombies=True):
+                # Zombies still count against RLIMIT_NPROC: leave this uid until init has reaped them.
+                os.close(fd)
+                continue
             try:
-                if _pids_of_uid(uid, zombies=True):  # left over by a run that crashed: clear it first
-                    kill_uid(uid, python)
-                    _wait_until_reaped(uid)
                 yield uid
             finally:
                 os.close(fd)  # releases the flock
@@ -670,8 +663,6 @@ def _kill_all(proc: subprocess.Popen, plan: _Plan, uid: int | None) -> bool:
     survived = uid is not None and not kill_uid(uid, plan.python)
     proc.kill()
     proc.wait()
-    if uid is not None:
-        survived |= not _wait_until_reaped(uid)
     return not survived
 
 

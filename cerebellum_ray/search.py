@@ -106,6 +106,7 @@ def prepare(opts: SearchOptions, work_dir: Path) -> TrialContext:
         # one llama.cpp/quantizer thread per CPU granted: ggml's threads spin while waiting, so oversubscribed
         # trials slow each other down by an order of magnitude
         n_threads=max(1, int(opts.cpus_per_trial)),
+        store_dir=str(Path(opts.store_dir).resolve()),
     )
 
 
@@ -165,7 +166,7 @@ def _make_searcher_class():
                     continue
                 self._ot_trials[trial_id] = ot_trial
                 self.point_hash[trial_id] = pmap.digest
-                return point
+                return {**point, "optuna_trial": ot_trial.number}
             log.warning("200 proposals in a row were duplicates or infeasible: the space looks exhausted")
             return None
 
@@ -177,6 +178,11 @@ def _make_searcher_class():
             if ot_trial is None or trial_id in self._completed_trials:
                 return
             state = optuna.trial.TrialState
+            # after a resume the pickled trial may already be finished in the (persistent) study
+            current = self._ot_study._storage.get_trial(ot_trial._trial_id).state
+            if current.is_finished():
+                self._completed_trials.add(trial_id)
+                return
             if error:
                 self._ot_study.tell(ot_trial, state=state.FAIL)
             elif result and result.get("final"):
@@ -284,12 +290,14 @@ def _make_callbacks(ctx: TrialContext, opts: SearchOptions, strategy: str, label
 
         def _row(self, trial, status: str, error: str | None = None) -> dict[str, Any]:
             result = trial.last_result or {}
-            point = {d.param: int(trial.config[d.param]) for d in ctx.space.dimensions if d.param in trial.config}
+            source = trial.config.get("__point") or trial.config
+            point = {d.param: int(source[d.param]) for d in ctx.space.dimensions if d.param in source}
             row: dict[str, Any] = {
                 "study": ctx.study, "trial_id": trial.trial_id, "strategy": strategy, "status": status,
                 "error": error, "params": point, "eval_hash": ctx.eval_hash, "versions": versions,
                 "started_at": self.started.get(trial.trial_id, time.time()), "finished_at": time.time(),
                 "label": (labels or {}).get(json.dumps(point, sort_keys=True)),
+                "optuna_trial": trial.config.get("optuna_trial"),
             }
             if len(point) == len(ctx.space.dimensions):
                 pmap = ctx.space.map_for(catalog, point)
@@ -302,6 +310,8 @@ def _make_callbacks(ctx: TrialContext, opts: SearchOptions, strategy: str, label
             return row
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            if (trial.last_result or {}).get("from_store"):
+                return  # stored before the driver died; the row is already there
             status = "complete" if (trial.last_result or {}).get("final") else "pruned"
             row = self._row(trial, status)
             store.append(opts.store_dir, row)
@@ -404,6 +414,8 @@ def init_ray(opts: SearchOptions) -> dict[str, float]:
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # save Tune's experiment state every 2 s, so that a killed driver loses (and re-runs) as little as possible
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     if not ray.is_initialized():
         if opts.address:
             ray.init(address=opts.address, log_to_driver=False)

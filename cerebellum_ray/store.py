@@ -34,6 +34,7 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("map", pa.map_(pa.string(), pa.string()), "every tensor -> ggml type"),
     ("map_hash", pa.string(), "sha256 of the sorted map (PrecisionMap.digest)"),
     ("params", pa.string(), "the search point as JSON"),
+    ("optuna_trial", pa.int32(), "number of the Optuna trial that proposed it (optuna strategy)"),
     ("n_changed", pa.int32(), "tensors whose type differs from the space's base map"),
     ("size_bytes", pa.int64(), "exact file size of the built GGUF"),
     ("bpw", _F, "bits per weight of the tensor data"),
@@ -83,7 +84,7 @@ def append(store_dir: str | os.PathLike, row: Mapping[str, Any]) -> Path:
     store = Path(store_dir)
     store.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist([normalize_row(row)], schema=SCHEMA)
-    path = store / _file_name(str(row["study"]), str(row["trial_id"]))
+    path = row_path(store, str(row["study"]), str(row["trial_id"]))
     fd, tmp = tempfile.mkstemp(prefix=".row.", suffix=".parquet.partial", dir=store)
     os.close(fd)
     try:
@@ -93,6 +94,19 @@ def append(store_dir: str | os.PathLike, row: Mapping[str, Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def row_path(store_dir: str | os.PathLike, study: str, trial_id: str) -> Path:
+    return Path(store_dir) / _file_name(study, trial_id)
+
+
+def read_row(store_dir: str | os.PathLike, study: str, trial_id: str) -> dict[str, Any] | None:
+    path = row_path(store_dir, study, trial_id)
+    if not path.exists():
+        return None
+    row = pq.read_table(path, schema=SCHEMA).to_pylist()[0]
+    row["map"] = dict(row["map"]) if row["map"] is not None else None
+    return row
 
 
 def read(store_dir: str | os.PathLike, studies: Iterable[str] | None = None) -> pa.Table:

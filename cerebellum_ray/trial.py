@@ -42,6 +42,7 @@ class TrialContext:
     n_threads: int | None = None
     n_gpu_layers: int | None = None
     keep_files: bool = False
+    store_dir: str | None = None  # when workers can see it: a restarted trial already stored is not run again
 
 
 @functools.lru_cache(maxsize=4)
@@ -74,6 +75,19 @@ def _metrics(rec: ScoreRecord, size: int, bpw: float, final: bool) -> dict[str, 
     return m
 
 
+def _node_name() -> str:
+    """host name, plus the Ray node id when running inside Ray (several raylets can share one host)."""
+    name = socket.gethostname()
+    try:
+        import ray
+
+        if ray.is_initialized():
+            name += ":" + ray.get_runtime_context().get_node_id()[:12]
+    except Exception:
+        pass
+    return name
+
+
 def evaluate_point(ctx: TrialContext, point: Mapping[str, int], report: Callable[[dict], None]) -> dict[str, Any]:
     """Build, load and score one point, calling `report` after every chunk; returns the final metrics."""
     catalog = _catalog(ctx.source)
@@ -88,7 +102,7 @@ def evaluate_point(ctx: TrialContext, point: Mapping[str, int], report: Callable
     t1 = time.perf_counter()
     ev = ctx.space.evaluation
     spec = EvalSpec(ctx.eval_text, n_ctx=ev.ctx, n_chunks=ev.chunks, top_k=ev.top_k)
-    base = {"map_hash": pmap.digest, "build_s": t1 - t0, "node": socket.gethostname(),
+    base = {"map_hash": pmap.digest, "build_s": t1 - t0, "node": _node_name(),
             "gpu_ids": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "cached": report_.count("cached"),
             "quantized": report_.count("quantized")}
     try:
@@ -135,8 +149,28 @@ def _task_metrics(ctx: TrialContext, model: Path) -> dict[str, Any]:
 
 
 def ray_trainable(config: dict, ctx: TrialContext) -> None:
-    """Ray Tune function trainable: the config is the point (parameter -> candidate index)."""
+    """Ray Tune function trainable: the config is the point (parameter -> candidate index), or holds it under
+    "__point" (ablation batches)."""
     from ray import tune
 
-    point = {d.param: int(config[d.param]) for d in ctx.space.dimensions}
+    source = config.get("__point") or config
+    point = {d.param: int(source[d.param]) for d in ctx.space.dimensions}
+    stored = _stored_result(ctx, tune.get_context().get_trial_id())
+    if stored is not None:
+        tune.report(stored)  # finished before the driver died: report it again instead of running it twice
+        return
     evaluate_point(ctx, point, tune.report)
+
+
+def _stored_result(ctx: TrialContext, trial_id: str) -> dict[str, Any] | None:
+    if not ctx.store_dir or not os.path.isdir(ctx.store_dir):
+        return None
+    from . import store
+
+    row = store.read_row(ctx.store_dir, ctx.study, trial_id)
+    if row is None or row["status"] != "complete":
+        return None
+    metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    metrics.update(size=row["size_bytes"] / 1e9, mc=row.get("mc_acc"), final=True, from_store=True,
+                   node=row["node"], gpu_ids=row["gpu_ids"], map_hash=row["map_hash"])
+    return {k: v for k, v in metrics.items() if v is not None}

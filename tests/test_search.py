@@ -1,0 +1,152 @@
+"""The search service on Ray: fractional GPUs, two nodes, kill and resume, pruning, invalid spaces.
+
+These start Ray (tens of seconds each on 2 cores); they are the slowest tests of the default run.
+"""
+
+import llama_cpp  # noqa: F401
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cerebellum_ray import store
+from cerebellum_ray.search import SearchOptions, init_ray, run_search, trial_resources
+from cerebellum_ray.space import SpaceError
+
+pytestmark = pytest.mark.slow
+SPACE = str(Path("search_spaces/tiny-gemma4.yaml").resolve())
+
+
+def _opts(tiny_models, tmp_path, **kw):
+    base = dict(space_file=SPACE, source=str(tiny_models["gemma4"]), study="t", store_dir=str(tmp_path / "store"),
+                trials=4, verbose=False, cache_dir=str(tmp_path / "cache"))
+    base.update(kw)
+    return SearchOptions(**base)
+
+
+@pytest.fixture
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_fractional_gpu_trials_share_devices(local_ray, tmp_path):
+    """4 trials at 0.5 GPU on 2 logical GPUs run at the same time, each with its own CUDA_VISIBLE_DEVICES."""
+    from ray import tune
+
+    opts = SearchOptions(space_file=SPACE, source="", study="gpu", store_dir=str(tmp_path), gpus_per_trial=0.5,
+                         cpus_per_trial=0.5)
+    resources = trial_resources(opts, init_ray(opts))
+    assert resources == {"cpu": 0.5, "gpu": 0.5}
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+
+    def probe(config):
+        (barrier / str(config["i"])).write_text(os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+        deadline = time.time() + 60
+        while len(list(barrier.iterdir())) < 4 and time.time() < deadline:
+            time.sleep(0.1)
+        tune.report({"together": len(list(barrier.iterdir())), "devices": os.environ.get("CUDA_VISIBLE_DEVICES")})
+
+    results = tune.Tuner(tune.with_resources(probe, resources), param_space={"i": tune.grid_search([0, 1, 2, 3])},
+                         run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0)).fit()
+    together = [r.metrics["together"] for r in results]
+    devices = sorted(r.metrics["devices"] for r in results)
+    assert together == [4, 4, 4, 4]
+    assert devices == ["0", "0", "1", "1"]
+
+
+def test_no_gpu_in_cluster_falls_back_to_cpu_trials(tmp_path, capsys):
+    opts = SearchOptions(space_file=SPACE, source="", study="x", store_dir=str(tmp_path), gpus_per_trial=0.25)
+    assert trial_resources(opts, {"CPU": 2.0}) == {"cpu": 1.0, "gpu": 0.0}
+    assert "no GPU" in capsys.readouterr().err
+
+
+def test_search_stores_every_trial_and_prunes_in_optuna(local_ray, tiny_models, tmp_path):
+    import optuna
+
+    opts = _opts(tiny_models, tmp_path, trials=8, scheduler="asha", study="asha")
+    result = run_search(opts)
+    rows = store.rows(opts.store_dir, ["asha"])
+    assert len(rows) == 8 == len({r["trial_id"] for r in rows})
+    assert {r["status"] for r in rows} <= {"complete", "pruned"}
+    complete = [r for r in rows if r["status"] == "complete"]
+    assert complete and all(r["chunks_done"] == r["n_chunks"] for r in complete)
+    assert all(r["map"]["blk.0.attn_q.weight"] for r in complete) and all(r["kld"] > 0 for r in complete)
+    journal = Path(opts.store_dir) / "_optuna" / "asha.journal"
+    study = optuna.load_study(study_name="asha", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))
+    states = {t.number: t.state for t in study.trials}
+    for r in rows:
+        expected = optuna.trial.TrialState.COMPLETE if r["status"] == "complete" else optuna.trial.TrialState.PRUNED
+        assert states[r["optuna_trial"]] == expected
+    pruned = [r for r in rows if r["status"] == "pruned"]
+    for r in pruned:
+        assert r["chunks_done"] < r["n_chunks"]
+        assert study.trials[r["optuna_trial"]].values is None  # never COMPLETE with partial values
+    assert result.n_trials == 8
+
+
+def test_invalid_space_is_refused_before_any_trial(tiny_models, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(Path(SPACE).read_text().replace("types: [Q2_K, Q3_K, Q4_K, Q5_K]", "types: [Q2_K, Q9_K]"))
+    opts = _opts(tiny_models, tmp_path, space_file=str(bad))
+    with pytest.raises(SpaceError, match="dimension attn_q: unknown ggml type"):
+        run_search(opts)
+    assert not Path(opts.store_dir).exists() or store.rows(opts.store_dir) == []
+
+
+def test_two_node_cluster_spreads_trials(tiny_models, tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        opts = _opts(tiny_models, tmp_path, trials=6, address=cluster.address, study="two", scheduler="none")
+        run_search(opts)
+        rows = store.rows(opts.store_dir, ["two"])
+        assert len(rows) == 6 == len({r["trial_id"] for r in rows})
+        assert all(r["status"] == "complete" for r in rows)
+        nodes = {r["node"] for r in rows}
+        assert len(nodes) == 2, nodes
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_killed_driver_resumes_without_losing_or_repeating(tiny_models, tmp_path):
+    store_dir = tmp_path / "store"
+    cmd = [sys.executable, "-m", "cerebellum_ray.cli", "search", "--space", SPACE, "--source",
+           str(tiny_models["gemma4"]), "--study", "kill", "--store", str(store_dir), "--trials", "8", "--num-cpus",
+           "2", "--scheduler", "none", "--cache-dir", str(tmp_path / "cache"), "--json"]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(store_dir.glob("*.parquet"))) < 3:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait()
+    before = {r["trial_id"]: r for r in store.rows(store_dir, ["kill"])}
+    assert 3 <= len(before) < 8
+    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = {r["trial_id"]: r for r in store.rows(store_dir, ["kill"])}
+    assert len(after) == 8
+    for trial_id, row in before.items():  # finished before the kill: kept as they were, not run again
+        assert after[trial_id]["finished_at"] == row["finished_at"]
+        assert after[trial_id]["map_hash"] == row["map_hash"]
+    summary = json.loads(done.stdout)
+    assert summary["trials"] == 8
