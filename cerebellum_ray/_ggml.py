@@ -129,7 +129,7 @@ def validate_rows(type_id: int, data: np.ndarray) -> bool:
     return bool(_lib().ggml_validate_row_data(type_id, data.ctypes.data_as(ctypes.c_void_p), data.nbytes))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _to_float_fn(type_id: int):
     traits = _lib().ggml_get_type_traits(type_id).contents
     if not traits.to_float:

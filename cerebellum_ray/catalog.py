@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from . import gguf_io
 from .ggml_types import TYPES_BY_ID, legal_types
@@ -170,7 +171,9 @@ def load_catalog(path: str | os.PathLike) -> ModelCatalog:
             raise gguf_io.GGUFError(f"{path}: tensor {t.name} has unknown ggml type id {t.type_id}")
         ty = TYPES_BY_ID[t.type_id]
         if t.shape[0] % ty.block_size:
-            raise gguf_io.GGUFError(f"{path}: tensor {t.name}: row of {t.shape[0]} is not a multiple of {ty.name}'s block")
+            raise gguf_io.GGUFError(
+                f"{path}: tensor {t.name}: row of {t.shape[0]} is not a multiple of {ty.name}'s block"
+            )
         info = TensorInfo(
             name=t.name,
             group=tensor_group(t.name, len(t.shape)),

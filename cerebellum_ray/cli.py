@@ -7,8 +7,10 @@ import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 EXIT_BAD_INPUT = 2
 
@@ -280,7 +282,8 @@ def _search_options(args):
         cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent, scheduler=args.scheduler,
         max_failures=args.max_failures, resume=args.resume, address=args.address, storage_path=args.storage_path,
         cache_dir=args.cache_dir, seed=args.seed, verbose=not args.json, num_cpus=args.num_cpus,
-        num_gpus=args.num_gpus,
+        num_gpus=args.num_gpus, presets=tuple(x for x in (args.presets or "").split(",") if x),
+        map_file=args.map,
     )
 
 
@@ -341,65 +344,109 @@ def _print_study_summary(summary: dict, store_dir: str) -> None:
     print(f"store: {store_dir}")
 
 
+# ---- pareto ------------------------------------------------------------------------------------------------------
+
+REFERENCE_STRATEGIES = ("preset", "fixed", "reference")
+
+
+def pareto_inputs(store_dir: str, studies: list[str] | None):
+    """(search rows, reference rows) from the store: presets and fixed maps are reference points, not fronts."""
+    from . import store
+
+    rows = store.rows(store_dir, studies or None)
+    if not rows:
+        raise ValueError(f"no trials in store {store_dir}" + (f" for studies {studies}" if studies else ""))
+    search = [r for r in rows if r["strategy"] not in REFERENCE_STRATEGIES]
+    refs = [r for r in rows if r["strategy"] in REFERENCE_STRATEGIES and r["status"] == "complete"]
+    return search, refs
+
+
+def cmd_pareto(args) -> int:
+    from .pareto import compare_fronts, compute_fronts, knee_point
+
+    objectives = [args.x] + (args.y or ["kld"])
+    search, refs = pareto_inputs(args.store, args.study)
+    fronts = compute_fronts(search + refs if args.include_references else search, objectives, group_by=args.by)
+    if args.plot:
+        from .pareto import plot_html, plot_png
+
+        for path in args.plot:
+            (plot_html if path.endswith(".html") else plot_png)(fronts, refs, path, objectives)
+    comparisons = [{"a": a.study, "b": b.study, **compare_fronts(a, b)}
+                   for i, a in enumerate(fronts) for b in fronts[i + 1:]]
+    columns = ("trial_id", "strategy", "label", "size_bytes", "bpw", "kld", "kld_se", "ppl", "ppl_se", "humaneval")
+    result = {
+        "objectives": objectives, "group_by": args.by,
+        "fronts": [{"name": f.study, "hypervolume": f.hypervolume, "hypervolume_fraction": f.hypervolume_fraction,
+                    "reference_point": list(map(float, f.reference_point)), "n_points": len(f.points),
+                    "knee": {k: knee_point(f).get(k) for k in columns} if f.points else None,
+                    "points": [{k: p.get(k) for k in columns} for p in f.points]} for f in fronts],
+        "comparisons": comparisons,
+        "references": [{k: r.get(k) for k in columns} for r in refs],
+        "plots": args.plot or [],
+    }
+    if args.json:
+        _print_json(result)
+        return 0
+    for f in result["fronts"]:
+        print(f"\n{args.by} {f['name']}: {f['n_points']} points on the front, hypervolume {f['hypervolume']:.6g} "
+              f"({100 * f['hypervolume_fraction']:.1f}% of the box)")
+        print(f"  {'trial':<22} {'bpw':>7} {'size GB':>9} {'kld':>10} {'+/-':>8} {'ppl':>10} {'humaneval':>9}  label")
+        for p in f["points"]:
+            he = "" if p["humaneval"] is None else f"{100 * p['humaneval']:.1f}%"
+            knee = "  <- knee" if f["knee"] and p["trial_id"] == f["knee"]["trial_id"] else ""
+            print(f"  {p['trial_id']:<22} {p['bpw']:>7.3f} {p['size_bytes'] / 1e9:>9.4f} {p['kld']:>10.5f} "
+                  f"{p['kld_se'] or 0:>8.5f} {p['ppl']:>10.3f} {he:>9}  {p['label'] or ''}{knee}")
+    for c in comparisons:
+        print(f"\n{c['a']} vs {c['b']}: hypervolume {c['hypervolume_a']:.6g} vs {c['hypervolume_b']:.6g}; "
+              f"{c['a_dominated_by_b']} of {c['n_a']} {c['a']} points dominated by {c['b']}, "
+              f"{c['b_dominated_by_a']} of {c['n_b']} {c['b']} points dominated by {c['a']}")
+    if refs:
+        print("\nreference points: " + ", ".join(f"{r['label']} ({r['bpw']:.3f} bpw, kld {r['kld']:.5f})"
+                                                  for r in refs))
+    for path in args.plot or []:
+        print(f"plot: {path}")
+    return 0
+
+
 # ---- demo --------------------------------------------------------------------------------------------------------
 
 
 def cmd_demo(args) -> int:
-    """The foundation demo: tiny MoE, preset maps, a router override, cached rebuilds, exact sizes, a llama.cpp run."""
-    import time
-
-    from .build import build
-    from .catalog import load_catalog
-    from .imatrix import load_imatrix
-    from .precision_map import MapSpec, Rule, resolve
-    from .tensor_cache import TensorCache
+    """The whole service on the embedded tiny MoE: local Ray on CPU, llama.cpp presets as reference points, an
+    Optuna search, then the Pareto front, its plot and the store's path."""
+    from .search import SearchOptions, run_search
     from .tiny import make_tiny, make_tiny_imatrix
 
-    work = Path(args.workdir)
+    work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     source = make_tiny("gemma4", work / "tiny-gemma4-f16.gguf", seed=args.seed)
-    imatrix = load_imatrix(make_tiny_imatrix(source, work / "tiny-gemma4.imatrix", fmt="gguf", seed=args.seed))
-    cat = load_catalog(source)
-    print(f"tiny model {source}: {cat.arch}, {len(cat.tensors)} tensors, {cat.n_elements / 1e6:.2f} M weights")
-    cache = TensorCache(work / "cache", size_limit=1 << 30)
-    candidates = [
-        ("Q2_K", MapSpec(base="Q2_K")),
-        ("Q3_K_M", MapSpec(base="Q3_K_M")),
-        ("Q3_K_M + router blk.2 Q8_0", MapSpec(base="Q3_K_M", rules=(Rule("blk.2.ffn_gate_inp.weight", "Q8_0"),))),
-        ("Q3_K_M + attn_q Q5_K", MapSpec(base="Q3_K_M", rules=(Rule("attn_q", "Q5_K"),))),
-        ("Q4_K_M", MapSpec(base="Q4_K_M")),
-        ("IQ2_XS (imatrix)", MapSpec(base="IQ2_XS")),
-        ("Q8_0", MapSpec(base="Q8_0")),
-    ]
-    print(f"\n{'map':<28} {'bpw':>7} {'bytes':>10} {'quantized':>9} {'cached':>6} {'build s':>8}  llama.cpp run")
-    for label, spec in candidates:
-        pmap = resolve(cat, spec, has_imatrix=True)
-        out = work / (label.split()[0].lower() + f"-{pmap.digest[:8]}.gguf")
-        report = build(source, pmap, out, imatrix=imatrix, cache=cache)
-        t0 = time.perf_counter()
-        check = _run_in_llama_cpp(out)
-        print(f"{label:<28} {report.bits_per_weight:>7.3f} {report.file_size:>10} {report.count('quantized'):>9} "
-              f"{report.count('cached'):>6} {report.seconds:>8.2f}  {check} ({time.perf_counter() - t0:.1f} s)")
-    print(f"\nfiles in {work}; the search over such maps (Ray Tune + Optuna) is not built yet.")
+    imatrix = make_tiny_imatrix(source, work / "tiny-gemma4.imatrix", fmt="gguf", seed=args.seed)
+    space = _bundled_space("tiny-gemma4.yaml")
+    study = args.study or time.strftime("demo-%Y%m%d-%H%M%S")
+    store_dir = work / "store"
+    print(f"tiny model {source} (made in a second), imatrix {imatrix}\nsearch space {space}\nstudy {study}, "
+          f"store {store_dir}\n")
+    common = dict(space_file=str(space), source=str(source), study=study, store_dir=str(store_dir),
+                  imatrix=str(imatrix), num_cpus=args.num_cpus, cache_dir=str(work / "cache"), seed=args.seed)
+    print("1/2 scoring llama.cpp's presets as reference points ...", flush=True)
+    run_search(SearchOptions(strategy="presets", presets=("Q2_K", "Q3_K_M", "Q4_K_M", "Q6_K"), **common))
+    print(f"2/2 Optuna search, {args.trials} trials (NSGA-II, 2 at a time) ...", flush=True)
+    run_search(SearchOptions(strategy="optuna", trials=args.trials, **common))
+    plot = work / f"{study}-pareto.png"
+    ns = argparse.Namespace(store=str(store_dir), study=[study], x="size", y=["kld"], by="study",
+                            plot=[str(plot), str(plot.with_suffix(".html"))], include_references=False, json=False)
+    cmd_pareto(ns)
+    print(f"\nstore: {store_dir}\nnext: cerebellum-ray pareto --store {store_dir} --json")
     return 0
 
 
-def _run_in_llama_cpp(path: Path) -> str:
-    import llama_cpp  # noqa: F401  (before numpy)
-
-    import numpy as np
-
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False)
-    try:
-        tokens = llm.tokenize(b"The quick brown fox jumps over the lazy dog.")
-        llm.eval(tokens)
-        logits = np.asarray(llm.scores[: len(tokens)], dtype=np.float64)
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        logprobs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        nll = -logprobs[np.arange(len(tokens) - 1), tokens[1:]].mean()
-        return f"ok, toy-sentence ppl {float(np.exp(nll)):.1f}"
-    finally:
-        llm.close()
+def _bundled_space(name: str) -> Path:
+    for base in (Path(__file__).resolve().parent.parent / "search_spaces", Path.cwd() / "search_spaces"):
+        if (base / name).exists():
+            return base / name
+    raise FileNotFoundError(f"search space {name} not found: run the demo from a checkout of cerebellum-ray "
+                            "(pip install -e .)")
 
 
 # ---- entry point -------------------------------------------------------------------------------------------------
@@ -471,7 +518,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="the full-precision source GGUF (same path on every node)")
     p.add_argument("--study", required=True, help="study name (resume continues a study of this name)")
     p.add_argument("--store", required=True, help="result store directory (Parquet, one file per trial)")
-    p.add_argument("--strategy", choices=["optuna", "ablation"], default="optuna")
+    p.add_argument("--strategy", choices=["optuna", "ablation", "presets", "fixed"], default="optuna",
+                   help="optuna search, the card's ablation procedure, llama.cpp presets as reference points, or "
+                        "one fixed map (--map)")
+    p.add_argument("--presets", help="presets for --strategy presets (default Q2_K,Q3_K_S,...,Q8_0)")
+    p.add_argument("--map", help="precision map file for --strategy fixed (e.g. search_spaces/cerebellum-v6.yaml)")
     p.add_argument("--trials", type=int, help="number of trials (default: the space's search.trials)")
     p.add_argument("--reference", help="reference model for KLD (default: the source)")
     p.add_argument("--imatrix", help="importance matrix for the builds")
@@ -491,14 +542,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
 
+    p = sub.add_parser("pareto", help="Pareto fronts of studies in a store, hypervolume, comparisons, plots")
+    p.add_argument("--store", required=True)
+    p.add_argument("--study", action="append", help="studies to include (repeatable; default: all)")
+    p.add_argument("--x", choices=["size", "bpw"], default="size")
+    p.add_argument("--y", action="append", choices=["kld", "ppl", "humaneval"],
+                   help="quality objective(s) (repeatable: two give a 3-objective front; default kld)")
+    p.add_argument("--by", choices=["study", "strategy"], default="study", help="one front per study or strategy")
+    p.add_argument("--plot", action="append", help="write a plot: FILE.png (matplotlib) or FILE.html (plotly)")
+    p.add_argument("--include-references", action="store_true", help="let presets/fixed maps join the fronts")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_pareto)
+
     from .humaneval import add_humaneval_check_parser
     from .surgery import add_surgery_parser
 
     add_surgery_parser(sub)
     add_humaneval_check_parser(sub)
 
-    p = sub.add_parser("demo", help="run the demo on the embedded tiny MoE model (CPU, a minute)")
+    p = sub.add_parser("demo", help="a whole search on the embedded tiny MoE: local Ray, CPU, a few minutes")
     p.add_argument("--workdir", default="cerebellum-demo", help="where the demo writes its files")
+    p.add_argument("--trials", type=int, default=16)
+    p.add_argument("--study", help="study name (default: demo-<timestamp>)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
     return parser

@@ -10,7 +10,7 @@ from __future__ import annotations
 import llama_cpp  # noqa: F401  (before numpy)
 
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -15,7 +15,8 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Sequence
+from typing import Any, BinaryIO
+from collections.abc import Iterator, Sequence
 
 from gguf import GGUFValueType
 
@@ -239,7 +240,7 @@ class GGUFLayout:
     alignment: int
 
     @classmethod
-    def build(cls, kv_entries: Sequence[bytes], slots: Sequence[TensorSlot], alignment: int) -> "GGUFLayout":
+    def build(cls, kv_entries: Sequence[bytes], slots: Sequence[TensorSlot], alignment: int) -> GGUFLayout:
         parts = [GGUF_MAGIC, struct.pack("<IQQ", GGUF_VERSION, len(slots), len(kv_entries)), *kv_entries]
         offsets, offset = [], 0
         for s in slots:

@@ -787,7 +787,8 @@ def _choose_plan() -> tuple[_Plan, dict, list[str]]:
         return _choose_root_plan()
     notes = ["not root: no uid drop, programs run as the calling user"]
     user_ns = CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC
-    for plan in (_Plan(sys.executable, False, user_ns | CLONE_NEWNS, True), _Plan(sys.executable, False, user_ns, False),
+    for plan in (_Plan(sys.executable, False, user_ns | CLONE_NEWNS, True),
+                 _Plan(sys.executable, False, user_ns, False),
                  _Plan(sys.executable, False, 0, False)):
         seen = _probe(plan)
         if seen:

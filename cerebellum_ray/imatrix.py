@@ -363,7 +363,9 @@ def _check_gguf_data_section(path: Path, size: int, reader: GGUFReader) -> None:
 def _read_gguf_pair(path: Path, name: str, pair: dict) -> tuple[np.ndarray, np.ndarray]:
     if set(pair) != {SUMS_SUFFIX, COUNTS_SUFFIX}:
         have = ", ".join(name + s for s in pair)
-        raise ValueError(f"{path}: imatrix entry {name!r} needs both {SUMS_SUFFIX} and {COUNTS_SUFFIX}, found only {have}")
+        raise ValueError(
+            f"{path}: imatrix entry {name!r} needs both {SUMS_SUFFIX} and {COUNTS_SUFFIX}, found only {have}"
+        )
     arrays = []
     for suffix in (SUMS_SUFFIX, COUNTS_SUFFIX):
         t = pair[suffix]

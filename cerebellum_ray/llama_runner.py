@@ -180,7 +180,7 @@ class LlamaRunner:
             llama_cpp.llama_model_free(self.model)
             self.model = None
 
-    def __enter__(self) -> "LlamaRunner":
+    def __enter__(self) -> LlamaRunner:
         return self
 
     def __exit__(self, *exc) -> None:

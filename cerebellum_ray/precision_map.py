@@ -23,7 +23,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 from .catalog import ModelCatalog, load_catalog
 from .ggml_types import FILE_TYPES, fallback_type, ggml_type
@@ -87,7 +88,7 @@ class PrecisionMap:
     def type_of(self, name: str) -> str:
         return self.types[name]
 
-    def changed_from(self, other: "PrecisionMap") -> list[str]:
+    def changed_from(self, other: PrecisionMap) -> list[str]:
         return [n for n, t in self.types.items() if other.types.get(n) != t]
 
     def to_json(self) -> str:

@@ -24,7 +24,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from . import __version__, store
 from .catalog import load_catalog
@@ -58,6 +59,8 @@ class SearchOptions:
     verbose: bool = True
     num_cpus: int | None = None  # for a local Ray started by us
     num_gpus: float | None = None
+    presets: tuple[str, ...] = ()  # strategy "presets": llama.cpp presets to score as reference points
+    map_file: str | None = None  # strategy "fixed": a precision map file to score
 
 
 # ---- preparation ---------------------------------------------------------------------------------------------------
@@ -290,6 +293,8 @@ def _make_callbacks(ctx: TrialContext, opts: SearchOptions, strategy: str, label
 
         def _row(self, trial, status: str, error: str | None = None) -> dict[str, Any]:
             result = trial.last_result or {}
+            if "__map" in trial.config:
+                return self._map_row(trial, status, error)
             source = trial.config.get("__point") or trial.config
             point = {d.param: int(source[d.param]) for d in ctx.space.dimensions if d.param in source}
             row: dict[str, Any] = {
@@ -307,6 +312,20 @@ def _make_callbacks(ctx: TrialContext, opts: SearchOptions, strategy: str, label
                 if col in result and col not in row:
                     row[col] = result[col]
             row["size_bytes"] = result.get("size_bytes")
+            return row
+
+        def _map_row(self, trial, status: str, error: str | None) -> dict[str, Any]:
+            from .trial import map_from_spec
+
+            spec = trial.config["__map"]
+            result = trial.last_result or {}
+            pmap = map_from_spec(ctx, spec)
+            row = {"study": ctx.study, "trial_id": trial.trial_id, "strategy": strategy, "status": status,
+                   "error": error, "params": spec, "eval_hash": ctx.eval_hash, "versions": versions,
+                   "started_at": self.started.get(trial.trial_id, time.time()), "finished_at": time.time(),
+                   "label": spec.get("label"), "map": dict(pmap.types), "map_hash": pmap.digest,
+                   "n_changed": len(pmap.changed_from(_base_map()))}
+            row.update({c: result[c] for c in store.SCHEMA.names if c in result and c not in row})
             return row
 
         def on_trial_complete(self, iteration, trials, trial, **info):
@@ -395,7 +414,7 @@ def _make_progress_callback(ctx: TrialContext):
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
             r = trial.last_result or {}
-            status = "complete" if r.get("final") else "pruned after %s chunks" % r.get("chunks_done")
+            status = "complete" if r.get("final") else "pruned after {} chunks".format(r.get("chunks_done"))
             kld = f"kld {r['kld']:.4f}" if "kld" in r else ""
             print(f"  trial {trial.trial_id}: {status}, {r.get('bpw', float('nan')):.3f} bpw, {kld}, "
                   f"ppl {r.get('ppl', float('nan')):.3f}", flush=True)
@@ -524,7 +543,55 @@ def _restore_callbacks(tuner, callbacks) -> None:
     run_config.callbacks = callbacks
 
 
+def run_maps(opts: SearchOptions, specs: list[dict[str, Any]], strategy: str) -> SearchResult:
+    """Score fixed maps (llama.cpp presets, a map file) under the space's evaluation, as reference rows."""
+    from ray import tune
+
+    store_dir = Path(opts.store_dir).resolve()
+    ctx = prepare(opts, store_dir / "_work")
+    cluster = init_ray(opts)
+    resources = trial_resources(opts, cluster)
+    done = {r["label"] for r in store.rows(store_dir, [opts.study])
+            if r["status"] == "complete" and r["eval_hash"] == ctx.eval_hash and r["strategy"] == strategy}
+    todo = [s for s in specs if s["label"] not in done]
+    if todo:
+        trainable = tune.with_resources(tune.with_parameters(ray_trainable, ctx=ctx), resources)
+        tune.Tuner(
+            trainable, param_space={"__map": tune.grid_search(todo)},
+            tune_config=tune.TuneConfig(reuse_actors=False),
+            run_config=tune.RunConfig(name=f"{opts.study}-{strategy}-{int(time.time())}",
+                                      storage_path=opts.storage_path or str(store_dir / "_tune"),
+                                      callbacks=_make_callbacks(ctx, opts, strategy),
+                                      failure_config=tune.FailureConfig(max_failures=opts.max_failures), verbose=0),
+        ).fit()
+    return SearchResult(opts.study, str(store_dir), str(store_dir / "_tune"), len(specs), {"already stored": len(
+        specs) - len(todo)})
+
+
+DEFAULT_PRESETS = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
+
+
+def preset_specs(presets) -> list[dict[str, Any]]:
+    return [{"label": p.upper(), "base": p.upper(), "rules": []} for p in presets]
+
+
+def map_file_spec(path: str) -> dict[str, Any]:
+    from .precision_map import load_spec
+
+    spec = load_spec(path)
+    if spec.like:
+        raise ValueError(f"{path}: a fixed map for the search must use `base:`, not `like:`")
+    return {"label": Path(path).stem, "base": spec.base, "fallback": spec.fallback,
+            "rules": [[r.pattern, r.type] for r in spec.rules]}
+
+
 def run_search(opts: SearchOptions) -> SearchResult:
+    if opts.strategy == "presets":
+        return run_maps(opts, preset_specs(opts.presets or DEFAULT_PRESETS), "preset")
+    if opts.strategy == "fixed":
+        if not opts.map_file:
+            raise ValueError("--strategy fixed needs --map FILE (a precision map to evaluate)")
+        return run_maps(opts, [map_file_spec(opts.map_file)], "fixed")
     if opts.strategy == "ablation":
         from .ablation import run_ablation
 

@@ -15,7 +15,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 from .catalog import GROUPS, ModelCatalog, TensorInfo
 from .ggml_types import TYPES, ggml_type

@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 from .generate import HUMANEVAL_STOPS, continuation_logprobs, generate_greedy
 from .llama_runner import LlamaRunner

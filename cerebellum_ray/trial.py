@@ -15,7 +15,8 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 from .build import build
 from .catalog import ModelCatalog, load_catalog
@@ -89,10 +90,24 @@ def _node_name() -> str:
 
 
 def evaluate_point(ctx: TrialContext, point: Mapping[str, int], report: Callable[[dict], None]) -> dict[str, Any]:
-    """Build, load and score one point, calling `report` after every chunk; returns the final metrics."""
-    catalog = _catalog(ctx.source)
+    """Build, load and score one point of the space (see evaluate_map)."""
     imatrix = _imatrix(ctx.imatrix_path)
-    pmap: PrecisionMap = ctx.space.map_for(catalog, point, has_imatrix=imatrix is not None)
+    pmap = ctx.space.map_for(_catalog(ctx.source), point, has_imatrix=imatrix is not None)
+    return evaluate_map(ctx, pmap, report)
+
+
+def map_from_spec(ctx: TrialContext, spec: Mapping[str, Any]) -> PrecisionMap:
+    """A map given outside the space's dimensions (a llama.cpp preset, a map file) as {"base", "rules", ...}."""
+    from .precision_map import MapSpec, Rule, resolve
+
+    rules = tuple(Rule(p, t) for p, t in spec.get("rules", ()))
+    mspec = MapSpec(rules=rules, base=spec.get("base"), fallback=bool(spec.get("fallback", False)))
+    return resolve(_catalog(ctx.source), mspec, has_imatrix=ctx.imatrix_path is not None)
+
+
+def evaluate_map(ctx: TrialContext, pmap: PrecisionMap, report: Callable[[dict], None]) -> dict[str, Any]:
+    """Build, load and score one map, calling `report` after every chunk; returns the final metrics."""
+    imatrix = _imatrix(ctx.imatrix_path)
     work = Path(ctx.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     out = work / f"{ctx.study}-{pmap.digest[:16]}-{os.getpid()}.gguf"
@@ -153,12 +168,15 @@ def ray_trainable(config: dict, ctx: TrialContext) -> None:
     "__point" (ablation batches)."""
     from ray import tune
 
-    source = config.get("__point") or config
-    point = {d.param: int(source[d.param]) for d in ctx.space.dimensions}
     stored = _stored_result(ctx, tune.get_context().get_trial_id())
     if stored is not None:
         tune.report(stored)  # finished before the driver died: report it again instead of running it twice
         return
+    if "__map" in config:
+        evaluate_map(ctx, map_from_spec(ctx, config["__map"]), tune.report)
+        return
+    source = config.get("__point") or config
+    point = {d.param: int(source[d.param]) for d in ctx.space.dimensions}
     evaluate_point(ctx, point, tune.report)
 
 

@@ -99,7 +99,8 @@ def test_round_trip_is_bit_exact(tmp_path, fmt):
 def test_both_formats_load_identically(tmp_path):
     im = _record()
     g = load_imatrix(save_imatrix(im, tmp_path / "a.gguf", "gguf"))
-    d = load_imatrix(save_imatrix(load_imatrix(save_imatrix(g, tmp_path / "b.dat", "dat")), tmp_path / "c.gguf", "gguf"))
+    b = load_imatrix(save_imatrix(g, tmp_path / "b.dat", "dat"))
+    d = load_imatrix(save_imatrix(b, tmp_path / "c.gguf", "gguf"))
     assert g.digest == d.digest == im.digest
     assert all(np.array_equal(g.vector(n), d.vector(n)) for n in im.entries)
 
@@ -244,7 +245,8 @@ def _ggml_lib():
         "gguf_init_empty": (ctypes.c_void_p, []),
         "gguf_free": (None, [ctypes.c_void_p]),
         "gguf_set_val_str": (None, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]),
-        "gguf_set_arr_str": (None, [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_size_t]),
+        "gguf_set_arr_str": (None, [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p),
+                                    ctypes.c_size_t]),
         "gguf_set_val_u32": (None, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32]),
         "gguf_add_tensor": (None, [ctypes.c_void_p, ctypes.c_void_p]),
         "gguf_write_to_file": (ctypes.c_bool, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_bool]),

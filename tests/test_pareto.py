@@ -249,7 +249,7 @@ def test_compute_fronts_errors():
 
 
 def test_objectives_table_is_consistent():
-    for name, (column, direction, label, unit) in OBJECTIVES.items():
+    for name, (column, direction, label, _unit) in OBJECTIVES.items():
         assert direction in ("min", "max") and column and label, name
     assert OBJECTIVES["humaneval"][1] == "max"
 

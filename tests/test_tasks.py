@@ -1,6 +1,5 @@
 """Batched generation, continuation log-likelihoods and multiple-choice scoring on the tiny models."""
 
-import llama_cpp
 
 from pathlib import Path
 
