@@ -12,7 +12,8 @@ A line-by-line port of the type selection in llama.cpp's ``src/llama-quant.cpp``
                                    ``init_quantize_state_counters``;
 - ``requires_imatrix``             ports ``tensor_requires_imatrix``;
 - ``PresetHParams.from_kv``        reads the few hyper-parameters the rules use the way
-                                   ``llama_model_base::load_hparams`` (``src/llama-model.cpp``) and the per-arch ``load_arch_hparams`` read them.
+                                   ``llama_model_base::load_hparams`` (``src/llama-model.cpp``) and the
+                                   per-arch ``load_arch_hparams`` read them.
 
 The row-length fallback (``tensor_type_fallback``) and the preset -> default type table
 (``llama_ftype_get_default_type``) live in ``ggml_types`` (``fallback_type``, ``FILE_TYPES``).

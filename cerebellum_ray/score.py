@@ -206,10 +206,8 @@ def score_stream(model_path: str | os.PathLike, spec: EvalSpec, reference: Refer
 def score(model_path, spec: EvalSpec, reference: Reference | None = None,
           config: RunnerConfig | None = None) -> ScoreRecord:
     """The final record (the last one `score_stream` yields)."""
-    record = None
-    for record in score_stream(model_path, spec, reference, config):
-        pass
-    return record
+    *_, last = score_stream(model_path, spec, reference, config)
+    return last
 
 
 def compute_reference(model_path: str | os.PathLike, spec: EvalSpec, config: RunnerConfig | None = None,
