@@ -409,6 +409,37 @@ def cmd_pareto(args) -> int:
     return 0
 
 
+# ---- export and report -------------------------------------------------------------------------------------------
+
+
+def cmd_export(args) -> int:
+    from .export import export
+    from .space import parse_size
+
+    max_size = parse_size(args.max_size, "--max-size") if args.max_size else None
+    result = export(args.store, args.source, args.out, studies=args.study, trial=args.trial, pick=args.pick,
+                    max_size=max_size, imatrix_path=args.imatrix, cache_dir=args.cache_dir)
+    row = result["row"]
+    summary = {"out": result["out"], "recipe": result["recipe"], "card": result["card"],
+               "file_size": result["file_size"], "trial_id": row["trial_id"], "study": row["study"],
+               "kld": row["kld"], "kld_se": row["kld_se"], "ppl": row["ppl"], "bpw": row["bpw"]}
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"exported trial {row['trial_id']} of study {row['study']} ({row['bpw']:.3f} bpw, kld {row['kld']:.5f} "
+              f"+/- {row['kld_se'] or 0:.5f}, ppl {row['ppl']:.3f}):\n  {result['out']} ({_human(result['file_size'])})"
+              f"\n  {result['recipe']}\n  {result['card']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.store, args.study, args.out)
+    print(json.dumps({"report": str(path)}) if args.json else f"wrote {path}")
+    return 0
+
+
 # ---- demo --------------------------------------------------------------------------------------------------------
 
 
@@ -554,6 +585,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_pareto)
 
+    p = sub.add_parser("export", help="build the chosen trial's map from the source, with a recipe and a card")
+    p.add_argument("--store", required=True)
+    p.add_argument("--study", action="append", help="studies to choose from (default: all)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", help="a trial id (or a label such as a preset name)")
+    which.add_argument("--pick", choices=["knee"], help="the knee of the (size, KLD) front")
+    which.add_argument("--max-size", help="the lowest-KLD trial no larger than this (e.g. 11.7GB)")
+    p.add_argument("--source", required=True, help="the full-precision source the study ran on")
+    p.add_argument("--out", required=True, help="FINAL.gguf (FINAL.recipe and FINAL.card.json beside it)")
+    p.add_argument("--imatrix", help="the imatrix the study used")
+    p.add_argument("--cache-dir", help="tensor cache to reuse")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="one HTML page: front, maps, ablation sensitivities, budget")
+    p.add_argument("--store", required=True)
+    p.add_argument("--study", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
+
     from .humaneval import add_humaneval_check_parser
     from .surgery import add_surgery_parser
 
@@ -575,14 +627,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .build import BuildError
     from .gguf_io import GGUFError
     from .reference import ReferenceMismatch
+    from .export import ExportError
     from .space import SpaceError
     from .precision_map import MapError
     from .quantize import QuantizeError
 
     try:
         return args.func(args)
-    except (GGUFError, MapError, BuildError, QuantizeError, ReferenceMismatch, SpaceError, OSError, KeyError,
-            ValueError) as exc:
+    except (GGUFError, MapError, BuildError, QuantizeError, ReferenceMismatch, SpaceError, ExportError, OSError,
+            KeyError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"cerebellum-ray {args.command}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT

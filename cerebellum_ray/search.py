@@ -302,7 +302,7 @@ def _make_callbacks(ctx: TrialContext, opts: SearchOptions, strategy: str, label
                 "error": error, "params": point, "eval_hash": ctx.eval_hash, "versions": versions,
                 "started_at": self.started.get(trial.trial_id, time.time()), "finished_at": time.time(),
                 "label": (labels or {}).get(json.dumps(point, sort_keys=True)),
-                "optuna_trial": trial.config.get("optuna_trial"),
+                "optuna_trial": trial.config.get("optuna_trial"), "gpus": opts.gpus_per_trial,
             }
             if len(point) == len(ctx.space.dimensions):
                 pmap = ctx.space.map_for(catalog, point)
@@ -324,7 +324,7 @@ def _make_callbacks(ctx: TrialContext, opts: SearchOptions, strategy: str, label
                    "error": error, "params": spec, "eval_hash": ctx.eval_hash, "versions": versions,
                    "started_at": self.started.get(trial.trial_id, time.time()), "finished_at": time.time(),
                    "label": spec.get("label"), "map": dict(pmap.types), "map_hash": pmap.digest,
-                   "n_changed": len(pmap.changed_from(_base_map()))}
+                   "n_changed": len(pmap.changed_from(_base_map())), "gpus": opts.gpus_per_trial}
             row.update({c: result[c] for c in store.SCHEMA.names if c in result and c not in row})
             return row
 

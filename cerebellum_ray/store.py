@@ -51,7 +51,9 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("eval_hash", pa.string(), "digest of the evaluation settings (text, context, chunks, K, reference)"),
     ("build_s", _F, "seconds to build the GGUF"), ("load_s", _F, "seconds to load it"),
     ("score_s", _F, "seconds to score it"),
-    ("node", pa.string(), "host that ran the trial"), ("gpu_ids", pa.string(), "CUDA_VISIBLE_DEVICES of the trial"),
+    ("node", pa.string(), "host (and Ray node) that ran the trial"),
+    ("gpu_ids", pa.string(), "CUDA_VISIBLE_DEVICES of the trial"),
+    ("gpus", _F, "GPU share the trial held (--gpus-per-trial)"),
     ("versions", pa.string(), "JSON of package versions"),
     ("started_at", pa.timestamp("us", tz="UTC"), ""), ("finished_at", pa.timestamp("us", tz="UTC"), ""),
 )

@@ -311,7 +311,12 @@ def llama_quantize(
 def assert_same(src: Path, dst: Path, preset: str, imatrix: bool, dry_run: bool = True, **options) -> int:
     """Quantize with llama.cpp and compare with preset_types; returns the number of tensors compared."""
     kv, tensors = read_model_cached(src)
-    choices = preset_types(tensors, PresetHParams.from_kv(kv), preset, has_imatrix=imatrix, **options)
+    try:
+        choices = preset_types(tensors, PresetHParams.from_kv(kv), preset, has_imatrix=imatrix, **options)
+    except ValueError as exc:  # we refuse: llama.cpp must refuse too (e.g. no row-length fallback for Q1_0)
+        got = llama_quantize(src, dst, preset, dry_run=dry_run, imatrix=imatrix, **options)
+        assert got.types is None, f"{src.name} {preset}: we refused ({exc}) but llama.cpp quantized it"
+        return 0
     needs_imatrix = [c.name for c in choices.values() if c.requires_imatrix]
     got = llama_quantize(src, dst, preset, dry_run=dry_run, imatrix=imatrix, **options)
     what = f"{src.name} {preset} imatrix={imatrix} dry_run={dry_run} {options}"

@@ -72,3 +72,69 @@ def test_constraints_parse(gemma4):
 def test_shipped_tiny_spaces_validate(tiny_models, path):
     arch = "gemma4" if "gemma4" in path else "llama"
     load_space(path, load_catalog(tiny_models[arch]))
+
+
+def gemma4_26b_catalog():
+    """The tensor table of Gemma 4 26B-A4B from its published shapes (../shared/notes/gemma4-26b-a4b.md), no data:
+    30 layers (every 6th full attention, no attn_v there), hidden 2816, dense FFN 2112, 128 experts of width 704."""
+    from cerebellum_ray.catalog import ModelCatalog, TensorInfo, tensor_group, tensor_layer
+    from cerebellum_ray.ggml_types import TYPES
+
+    def t(name, shape, ty="BF16"):
+        n_rows = 1
+        for d in shape[1:]:
+            n_rows *= d
+        return TensorInfo(name, tensor_group(name, len(shape)), tensor_layer(name), shape, ty,
+                          n_rows * TYPES[ty].row_bytes(shape[0]), 0)
+
+    h, tensors = 2816, [t("token_embd.weight", (2816, 262144)), t("output_norm.weight", (2816,), "F32")]
+    for i in range(30):
+        full = i % 6 == 5
+        head, kv = (512, 2) if full else (256, 8)
+        p = f"blk.{i}."
+        tensors += [t(p + "attn_q.weight", (h, 16 * head)), t(p + "attn_k.weight", (h, kv * head)),
+                    t(p + "attn_output.weight", (16 * head, h)), t(p + "ffn_gate.weight", (h, 2112)),
+                    t(p + "ffn_up.weight", (h, 2112)), t(p + "ffn_down.weight", (2112, h)),
+                    t(p + "ffn_gate_inp.weight", (h, 128), "F32"), t(p + "ffn_gate_up_exps.weight", (h, 1408, 128)),
+                    t(p + "ffn_down_exps.weight", (704, h, 128)), t(p + "attn_norm.weight", (h,), "F32"),
+                    t(p + "ffn_gate_inp.scale", (h,), "F32"), t(p + "ffn_down_exps.scale", (128,), "F32")]
+        if not full:
+            tensors.append(t(p + "attn_v.weight", (h, kv * head)))
+    kv = {"general.architecture": "gemma4", "gemma4.block_count": 30, "gemma4.expert_count": 128,
+          "gemma4.attention.head_count": 16, "gemma4.attention.head_count_kv": [2 if i % 6 == 5 else 8
+                                                                              for i in range(30)],
+          "gemma4.attention.key_length": 512, "gemma4.embedding_length": 2816}
+    return ModelCatalog("gemma-4-26B-A4B (shapes only)", "gemma4", tuple(tensors), kv=kv)
+
+
+def test_gemma4_26b_space_validates_against_the_real_shapes():
+    cat = gemma4_26b_catalog()
+    space = load_space("search_spaces/gemma4-26b-a4b.yaml", cat)
+    per_layer = {d.dimension for d in space.dimensions if d.layer is not None}
+    assert per_layer == {"attn_q", "attn_k", "router"}
+    assert len([d for d in space.dimensions if d.dimension == "router"]) == 30
+    assert 0 < space.max_size < 24e9  # fits 24 GB with a 4K context
+    pmap = space.map_for(cat, space.base_point(space.map_for(cat, {d.param: 0 for d in space.dimensions})))
+    # 704-wide rows take no K-quant: Q3_K_M's ffn_down rule (Q5_K below n/16, Q4_K after) falls back to Q5_1 / Q5_0
+    assert pmap.types["blk.0.ffn_down_exps.weight"] == "Q5_1"
+    assert pmap.types["blk.10.ffn_down_exps.weight"] == "Q5_0"
+
+
+def test_cerebellum_v6_map_reproduces_the_card_counts():
+    from cerebellum_ray.precision_map import by_group, load_spec, resolve
+
+    cat = gemma4_26b_catalog()
+    counts = by_group(cat, resolve(cat, load_spec("search_spaces/cerebellum-v6.yaml")))
+    assert counts["attn_q"] == {"Q5_K": 9, "Q2_K": 21}
+    assert counts["attn_k"] == {"Q3_K": 7, "Q2_K": 23}
+    assert counts["ffn_up"] == {"Q2_K": 30} and counts["ffn_gate_up_exps"] == {"Q2_K": 30}
+    assert counts["ffn_gate"] == {"Q3_K": 30}
+    assert counts["router"] == {"Q8_0": 1, "F32": 29}
+    assert set(counts["norm"]) == {"F32"}
+
+
+def test_store_schema_is_documented():
+    from cerebellum_ray.store import SCHEMA
+
+    doc = open("search_spaces/README.md").read()
+    assert all(f"`{name}`" in doc for name in SCHEMA.names)

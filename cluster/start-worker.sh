@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Join this machine to a cerebellum-ray cluster started with start-head.sh, with token authentication on.
+#
+#   cluster/start-worker.sh HEAD_IP[:PORT] [--num-gpus N] [--num-cpus N] [--node-ip IP] [--dry-run] [--local]
+#                           [-- EXTRA RAY START ARGS]
+#
+# The token must be the head's: RAY_AUTH_TOKEN, or the file RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token, e.g.
+#     scp HEAD:.ray/auth_token ~/.ray/auth_token && chmod 600 ~/.ray/auth_token
+# (a worker never creates one: a new token would not match the head's and the worker would be refused).
+# GPUs: counted with nvidia-smi (or CUDA_VISIBLE_DEVICES) unless --num-gpus is given.
+# The source model must be at the same path as on the head (or on shared storage); the tensor cache is local
+# (CEREBELLUM_CACHE, default /var/tmp/cerebellum-ray/tensors).
+# --local: a second node on this machine for a throwaway check (Ray picks free ports, 1 CPU, 0 GPUs).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=cluster/common.sh
+. "$here/common.sh"
+
+head="" num_gpus="" num_cpus="" node_ip="" dry_run=0 local_mode=0
+extra=()
+while (($#)); do
+    case "$1" in
+        --num-gpus) num_gpus="$2"; shift 2 ;;
+        --num-gpus=*) num_gpus="${1#*=}"; shift ;;
+        --num-cpus) num_cpus="$2"; shift 2 ;;
+        --num-cpus=*) num_cpus="${1#*=}"; shift ;;
+        --node-ip) node_ip="$2"; shift 2 ;;
+        --node-ip=*) node_ip="${1#*=}"; shift ;;
+        --dry-run) dry_run=1; shift ;;
+        --local) local_mode=1; shift ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --) shift; extra+=("$@"); break ;;
+        -*) die "unknown option $1 (pass ray start options after --)" ;;
+        *) [[ -z "$head" ]] || die "one head address, got '$head' and '$1'"; head="$1"; shift ;;
+    esac
+done
+[[ -n "$head" ]] || die "usage: start-worker.sh HEAD_IP[:PORT] [options] (see --help)"
+[[ "$head" == *:* ]] || head="$head:$RAY_PORT"
+
+load_env_file
+require_token_mode
+ray_bin="$(find_ray)"
+
+VRAM_GB=0
+if ((local_mode)); then
+    node_ip="127.0.0.1"
+    num_cpus="${num_cpus:-1}"
+    num_gpus="${num_gpus:-0}"
+    PORT_ARGS=()  # a second raylet on this host: the pinned ports are the head's
+else
+    detect_gpus
+    num_gpus="${num_gpus:-$NUM_GPUS_DETECTED}"
+    node_port_args
+fi
+[[ "$num_gpus" =~ ^[0-9]+$ ]] || die "--num-gpus must be a whole number, got '$num_gpus'"
+
+args=(start --address="$head" "${PORT_ARGS[@]}" --num-gpus="$num_gpus" --resources="{\"vram_gb\": $VRAM_GB}")
+[[ -n "$num_cpus" ]] && args+=(--num-cpus="$num_cpus")
+[[ -n "$node_ip" ]] && args+=(--node-ip-address="$node_ip")
+args+=(--disable-usage-stats "${extra[@]}")
+
+if ((dry_run)); then
+    print_cmd env RAY_AUTH_MODE=token CEREBELLUM_CACHE="$CEREBELLUM_CACHE" "$ray_bin" "${args[@]}"
+    exit 0
+fi
+
+find_token || die "no authentication token: copy the head's ~/.ray/auth_token here (scp HEAD:.ray/auth_token \
+~/.ray/auth_token && chmod 600 ~/.ray/auth_token), or export RAY_AUTH_TOKEN"
+echo "token authentication: on (token from $TOKEN_SOURCE)"
+mkdir -p "$CEREBELLUM_CACHE"
+
+"$ray_bin" "${args[@]}"
+echo "joined $head with ${num_gpus} GPUs; tensor cache ${CEREBELLUM_CACHE}"
