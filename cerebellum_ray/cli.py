@@ -15,14 +15,6 @@ from collections.abc import Sequence
 EXIT_BAD_INPUT = 2
 
 
-def _size(text: str) -> int:
-    units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-    t = text.strip().upper().rstrip("B").rstrip("I")
-    if t and t[-1] in units:
-        return int(float(t[:-1]) * units[t[-1]])
-    return int(t)
-
-
 def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -143,7 +135,10 @@ def cmd_build(args) -> int:
     cat = load_catalog(args.source)
     pmap = _resolve_map(args, cat)
     imatrix = _load_imatrix(args)
-    cache = None if args.no_cache else TensorCache(args.cache_dir, size_limit=_size(args.cache_size))
+    from .space import parse_size
+
+    cache = None if args.no_cache else TensorCache(args.cache_dir, size_limit=parse_size(args.cache_size,
+                                                                                           "--cache-size"))
     try:
         report = build(args.source, pmap, args.out, imatrix=imatrix, cache=cache, n_threads=args.threads)
     finally:
@@ -283,7 +278,7 @@ def _search_options(args):
         max_failures=args.max_failures, resume=args.resume, address=args.address, storage_path=args.storage_path,
         cache_dir=args.cache_dir, seed=args.seed, verbose=not args.json, num_cpus=args.num_cpus,
         num_gpus=args.num_gpus, presets=tuple(x for x in (args.presets or "").split(",") if x),
-        map_file=args.map,
+        map_file=args.map, warm_start=tuple(args.warm_start or ()),
     )
 
 
@@ -554,6 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "one fixed map (--map)")
     p.add_argument("--presets", help="presets for --strategy presets (default Q2_K,Q3_K_S,...,Q8_0)")
     p.add_argument("--map", help="precision map file for --strategy fixed (e.g. search_spaces/cerebellum-v6.yaml)")
+    p.add_argument("--warm-start", action="append", metavar="STUDY",
+                   help="seed a new Optuna study with the finished trials of STUDY (e.g. an ablation; repeatable)")
     p.add_argument("--trials", type=int, help="number of trials (default: the space's search.trials)")
     p.add_argument("--reference", help="reference model for KLD (default: the source)")
     p.add_argument("--imatrix", help="importance matrix for the builds")

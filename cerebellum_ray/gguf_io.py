@@ -262,30 +262,55 @@ class GGUFLayout:
 # ---- atomic output -----------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Write `path` through a temporary file in the same directory, renamed into place only on success.
-
-    On any error the temporary file is removed and `path` is left as it was (absent, or the previous file).
-    """
+def check_destination(path: str | os.PathLike) -> None:
+    """Refuse an output that cannot be written, before any work."""
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise OSError(f"cannot write {path}: directory {directory} does not exist")
     if not os.access(directory, os.W_OK):
         raise PermissionError(f"cannot write {path}: directory {directory} is not writable")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a directory")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield the path of a new, empty temporary file beside `path`; rename it to `path` when the block succeeds.
+
+    The caller may write and close the file, and check it (e.g. load it in llama.cpp) before it replaces anything.
+    On any error the temporary file is removed and `path` is left as it was (absent, or the previous file, whose
+    permission bits a replacement keeps).
+    """
+    path = Path(path)
+    check_destination(path)
+    directory = path.parent if str(path.parent) else Path(".")
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
+    except OSError as exc:
+        raise OSError(f"cannot write {path}: cannot create a file in {directory} ({exc.strerror})") from None
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o666 & ~_umask()  # mkstemp makes 0600; give a new file the permissions open() would
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """An open binary file that becomes `path` only if the block succeeds (see atomic_path)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _umask() -> int:

@@ -60,6 +60,7 @@ class SearchOptions:
     num_cpus: int | None = None  # for a local Ray started by us
     num_gpus: float | None = None
     presets: tuple[str, ...] = ()  # strategy "presets": llama.cpp presets to score as reference points
+    warm_start: tuple[str, ...] = ()  # studies (e.g. an ablation) whose results seed a new Optuna study
     map_file: str | None = None  # strategy "fixed": a precision map file to score
 
 
@@ -215,6 +216,22 @@ def _constraint_excess(space: SearchSpace, tensor_bytes_: int, catalog) -> float
         bpw = 8.0 * tensor_bytes_ / catalog.n_elements
         excess = max(excess, (bpw - space.max_bpw) / space.max_bpw)
     return excess
+
+
+def warm_start_points(store_dir: str, studies, ctx: TrialContext) -> list[tuple[dict[str, int], list[float]]]:
+    """(point, objective values) of the complete trials of `studies` measured under this evaluation and space."""
+    params = {d.param for d in ctx.space.dimensions}
+    out = []
+    for row in store.rows(store_dir, list(studies)):
+        if row["status"] != "complete" or row["eval_hash"] != ctx.eval_hash or not row["params"]:
+            continue
+        point = json.loads(row["params"])
+        if set(point) != params:
+            continue
+        metrics = {**row, "size": row["size_bytes"] / 1e9, "mc": row.get("mc_acc")}
+        if all(metrics.get(o) is not None for o in ctx.space.objectives):
+            out.append(({k: int(v) for k, v in point.items()}, [float(metrics[o]) for o in ctx.space.objectives]))
+    return out
 
 
 def add_finished_trials(study, space: SearchSpace, points: list[tuple[Mapping[str, int], list[float]]]) -> int:
@@ -439,7 +456,9 @@ def init_ray(opts: SearchOptions) -> dict[str, float]:
         if opts.address:
             ray.init(address=opts.address, log_to_driver=False)
         else:
-            ray.init(num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, include_dashboard=None, log_to_driver=False,
+            # address="local": always a fresh local Ray, even if another one runs here (use --address auto for that)
+            ray.init(address="local", num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, include_dashboard=None,
+                     log_to_driver=False,
                      runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}})
     return ray.cluster_resources()
 
@@ -498,6 +517,12 @@ def run_optuna(opts: SearchOptions) -> SearchResult:
     Searcher = _make_searcher_class()
     searcher = Searcher(ctx, known_results(str(store_dir), opts.study, ctx), sampler=sampler, storage=storage,
                         study_name=opts.study, seed=seed)
+    if opts.warm_start and not opts.resume:
+        seeds = warm_start_points(str(store_dir), opts.warm_start, ctx)
+        add_finished_trials(searcher._ot_study, space, seeds)
+        for point, values in seeds:
+            searcher.known[space.map_for(load_catalog(ctx.source), point).digest] = values
+        print(f"warm start: {len(seeds)} finished trials from {', '.join(opts.warm_start)}", file=sys.stderr)
     from ray.tune.search import ConcurrencyLimiter
 
     concurrency = opts.max_concurrent or max(1, int(cluster.get("CPU", 1) // max(opts.cpus_per_trial, 0.01)))

@@ -23,7 +23,8 @@ from .ggml_types import TYPES, ggml_type
 from .precision_map import MapSpec, PrecisionMap, Rule, resolve
 
 OBJECTIVE_DIRECTIONS = {"kld": "min", "ppl": "min", "size": "min", "bpw": "min", "humaneval": "max", "mc": "max"}
-_SIZE_UNITS = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+_SIZE_UNITS = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
+               "TIB": 2**40, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 class SpaceError(ValueError):

@@ -22,12 +22,10 @@ This module is imported by the command-line parser: heavy modules (numpy, gguf, 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import struct
-import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -249,53 +247,6 @@ def plan_surgery(model: str | os.PathLike, sets: Sequence[str | Rule], imatrix=N
 # ---- staged, checked output --------------------------------------------------------------------------------------
 
 
-def _check_destination(path: Path) -> None:
-    """Refuse an output that cannot be written, before any work."""
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise OSError(f"cannot write {path}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise PermissionError(f"cannot write {path}: directory {directory} is not writable")
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write {path}: it is a directory")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def staged_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield the path of a new, empty temporary file beside `path`; rename it to `path` when the block succeeds.
-
-    Unlike gguf_io.atomic_output the caller gets the temporary *path*, so it can write and close the file and then
-    check it (load it in llama.cpp) before it replaces anything. On any error, or if the check raises, the
-    temporary file is removed and `path` is left as it was. A replaced file keeps its permission bits.
-    """
-    path = Path(path)
-    _check_destination(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
-    except OSError as exc:
-        raise OSError(f"cannot write {path}: cannot create a file in {directory} ({exc.strerror})") from None
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        try:
-            mode = os.stat(path).st_mode & 0o7777
-        except FileNotFoundError:
-            mode = 0o666 & ~_umask()  # mkstemp makes 0600; give a new file the permissions open() would
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 # ---- the llama.cpp check -----------------------------------------------------------------------------------------
 
 
@@ -357,12 +308,14 @@ def surgery(
     """
     import llama_cpp  # noqa: F401  (before numpy: a CUDA build crashes otherwise)
 
+    from .gguf_io import atomic_path, check_destination
+
     started = time.perf_counter()
     if out is None and not dry_run:
         raise SurgeryError("an output file is needed (--out OUT.gguf; it may be the input), or ask for --dry-run")
     plan = plan_surgery(model, sets, imatrix)
     if out is not None:
-        _check_destination(Path(out))
+        check_destination(Path(out))
 
     def report(written: bool, check: str | None = None) -> SurgeryReport:
         return SurgeryReport(
@@ -381,7 +334,7 @@ def surgery(
         return report(written=False)
     fd = os.open(model, os.O_RDONLY)  # the input stays readable through this even after OUT == IN is replaced
     try:
-        with staged_output(out) as tmp:
+        with atomic_path(out) as tmp:
             _write(plan, fd, tmp, n_threads)
             try:
                 seen = check_runs(tmp, n_gpu_layers=n_gpu_layers, n_threads=n_threads)
@@ -455,16 +408,10 @@ def add_surgery_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def format_report(r: SurgeryReport) -> str:
     """The people output of `surgery`."""
+    from .cli import _human
+
     if r.dry_run:
         head = f"surgery on {r.source} (dry run, nothing written)"
     elif r.written:

@@ -18,16 +18,15 @@ convert_hf_to_gguf.py writes them. The same ``(arch, seed)`` always gives the sa
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from gguf import GGUFReader, GGUFWriter, TokenType
 
+from cerebellum_ray.gguf_io import atomic_path
 from cerebellum_ray.imatrix import write_collected_imatrix
 
 TINY_ARCHS = ("gemma4", "llama", "mixtral")
@@ -360,20 +359,6 @@ _RECIPES: dict[str, _Recipe] = {
 }
 
 
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` on success, delete it on any error."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def make_tiny(arch: str, out_path: str | os.PathLike, seed: int = 0) -> Path:
     """Write the tiny `arch` model ("gemma4", "llama" or "mixtral") to `out_path` and return the path.
 
@@ -386,7 +371,7 @@ def make_tiny(arch: str, out_path: str | os.PathLike, seed: int = 0) -> Path:
     recipe = _RECIPES[arch]
     vocab = tiny_vocab()
     tensors = recipe.tensors(_Weights(seed), len(vocab.tokens))
-    with _atomic_path(out_path) as tmp:
+    with atomic_path(out_path) as tmp:
         gw = GGUFWriter(tmp, recipe.gguf_arch)
         gw.add_name(f"cerebellum-tiny-{arch}-seed{seed}")
         gw.add_file_type(_MOSTLY_F16)

@@ -1,6 +1,6 @@
-# Shared by start-head.sh and start-worker.sh (sourced, not run): ports, GPU detection, the auth token.
+# Shared by start-head.sh, start-worker.sh and submit.sh (sourced, not run): ports, GPU detection, the auth token.
 # Every port is pinned so that a firewall can be written for it; cluster/README.md has the table.
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # variables set here are read by the scripts that source this file
 
 : "${RAY_PORT:=6379}"                      # GCS (head only); workers join HEAD:RAY_PORT
 : "${DASHBOARD_PORT:=8265}"                # dashboard and Jobs API (head only)
@@ -72,12 +72,12 @@ detect_gpus() {
 }
 
 # The token: RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token (Ray's own order).
-# Sets TOKEN_SOURCE; returns 1 when there is none.
+# Sets TOKEN_SOURCE; returns 1 when there is none (or RAY_AUTH_TOKEN_PATH names a missing or empty file).
 find_token() {
     if [[ -n "${RAY_AUTH_TOKEN:-}" ]]; then
         TOKEN_SOURCE="the RAY_AUTH_TOKEN environment variable"
     elif [[ -n "${RAY_AUTH_TOKEN_PATH:-}" ]]; then
-        [[ -s "$RAY_AUTH_TOKEN_PATH" ]] || die "RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH is missing or empty"
+        [[ -s "$RAY_AUTH_TOKEN_PATH" ]] || return 1
         TOKEN_SOURCE="$RAY_AUTH_TOKEN_PATH"
     elif [[ -s "$HOME/.ray/auth_token" ]]; then
         TOKEN_SOURCE="$HOME/.ray/auth_token"

@@ -34,7 +34,7 @@ def _opts(tiny_models, tmp_path, **kw):
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -150,3 +150,29 @@ def test_killed_driver_resumes_without_losing_or_repeating(tiny_models, tmp_path
         assert after[trial_id]["map_hash"] == row["map_hash"]
     summary = json.loads(done.stdout)
     assert summary["trials"] == 8
+
+
+def test_ablation_results_warm_start_an_optuna_study(tiny_models, tmp_path):
+    """Finished rows of another study (same space and evaluation) become finished multi-objective Optuna trials."""
+    import optuna
+
+    from cerebellum_ray.search import _make_searcher_class, add_finished_trials, prepare, warm_start_points
+
+    opts = _opts(tiny_models, tmp_path)
+    ctx = prepare(opts, tmp_path / "work")
+    point = {d.param: 0 for d in ctx.space.dimensions}
+    for i, kld in enumerate((0.5, 0.7)):
+        point = {**point, "attn_k": i}
+        store.append(opts.store_dir, {"study": "abl", "trial_id": f"a{i}", "strategy": "ablation",
+                                      "status": "complete", "params": point, "eval_hash": ctx.eval_hash,
+                                      "kld": kld, "size_bytes": 5_000_000 + i})
+    store.append(opts.store_dir, {"study": "abl", "trial_id": "other-eval", "strategy": "ablation",
+                                  "status": "complete", "params": point, "eval_hash": "x", "kld": 0.1,
+                                  "size_bytes": 1})
+    seeds = warm_start_points(opts.store_dir, ["abl"], ctx)
+    assert sorted(v for _, v in seeds) == [[0.5, 0.005], [0.7, 0.005000001]]
+    searcher = _make_searcher_class()(ctx, {}, sampler=optuna.samplers.NSGAIISampler(seed=0), study_name="warm")
+    assert add_finished_trials(searcher._ot_study, ctx.space, seeds) == 2
+    trials = searcher._ot_study.get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert trials[0].values == [0.5, 0.005] and trials[1].params["attn_k"] == 1
