@@ -83,7 +83,7 @@ def run_ablation(opts):
     from .search import SearchResult, init_ray, prepare, trial_resources
 
     store_dir = Path(opts.store_dir).resolve()
-    ctx = prepare(opts, store_dir / "_work")
+    ctx = prepare(opts)
     cluster = init_ray(opts)
     resources = trial_resources(opts, cluster)
     space = ctx.space

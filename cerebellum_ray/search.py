@@ -78,7 +78,7 @@ def eval_text(space: SearchSpace) -> str:
     return default_text()
 
 
-def prepare(opts: SearchOptions, work_dir: Path) -> TrialContext:
+def prepare(opts: SearchOptions, work_dir: Path | None = None) -> TrialContext:
     """Validate the space against the model and compute the reference once (nothing runs if anything is wrong)."""
     from .reference import default_reference_dir, file_digest, load_reference, save_reference
     from .score import EvalSpec, compute_reference
@@ -106,7 +106,7 @@ def prepare(opts: SearchOptions, work_dir: Path) -> TrialContext:
     return TrialContext(
         study=opts.study, source=str(Path(opts.source).resolve()), space=space, eval_text=text, eval_hash=eval_hash,
         reference=reference, imatrix_path=str(Path(opts.imatrix).resolve()) if opts.imatrix else None,
-        cache_dir=opts.cache_dir, work_dir=str(work_dir),
+        cache_dir=opts.cache_dir, work_dir=str(work_dir) if work_dir else None,
         # one llama.cpp/quantizer thread per CPU granted: ggml's threads spin while waiting, so oversubscribed
         # trials slow each other down by an order of magnitude
         n_threads=max(1, int(opts.cpus_per_trial)),
@@ -501,8 +501,7 @@ def run_optuna(opts: SearchOptions) -> SearchResult:
     from ray.tune.schedulers import ASHAScheduler
 
     store_dir = Path(opts.store_dir).resolve()
-    work_dir = store_dir / "_work"
-    ctx = prepare(opts, work_dir)
+    ctx = prepare(opts)
     cluster = init_ray(opts)
     resources = trial_resources(opts, cluster)
     space = ctx.space
@@ -537,7 +536,7 @@ def run_optuna(opts: SearchOptions) -> SearchResult:
     elif opts.scheduler == "dominance":
         stopper = _make_dominance_stopper(space)
     storage_path = opts.storage_path or str(store_dir / "_tune")
-    experiment = os.path.join(storage_path, opts.study)
+    experiment = storage_path.rstrip("/") + "/" + opts.study  # also right for s3://bucket/path
     trainable = tune.with_resources(tune.with_parameters(ray_trainable, ctx=ctx), resources)
     callbacks = _make_callbacks(ctx, opts, "optuna")
     if opts.resume and tune.Tuner.can_restore(experiment):
@@ -573,7 +572,7 @@ def run_maps(opts: SearchOptions, specs: list[dict[str, Any]], strategy: str) ->
     from ray import tune
 
     store_dir = Path(opts.store_dir).resolve()
-    ctx = prepare(opts, store_dir / "_work")
+    ctx = prepare(opts)
     cluster = init_ray(opts)
     resources = trial_resources(opts, cluster)
     done = {r["label"] for r in store.rows(store_dir, [opts.study])

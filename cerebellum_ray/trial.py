@@ -39,7 +39,7 @@ class TrialContext:
     imatrix_path: str | None = None
     cache_dir: str | None = None  # per-node tensor cache (None: the default location)
     cache_size: int = 20 * 1024**3
-    work_dir: str = "/tmp/cerebellum-ray/trials"
+    work_dir: str | None = None  # where trials write their GGUFs; None: a node-local default (default_work_dir)
     n_threads: int | None = None
     n_gpu_layers: int | None = None
     keep_files: bool = False
@@ -76,6 +76,14 @@ def _metrics(rec: ScoreRecord, size: int, bpw: float, final: bool) -> dict[str, 
     return m
 
 
+def default_work_dir() -> Path:
+    """Node-local scratch space for trial GGUFs ($CEREBELLUM_WORK_DIR, else the temp dir): never the store, which
+    may be on a network filesystem or absent on worker nodes."""
+    import tempfile
+
+    return Path(os.environ.get("CEREBELLUM_WORK_DIR") or Path(tempfile.gettempdir()) / "cerebellum-ray" / "trials")
+
+
 def _node_name() -> str:
     """host name, plus the Ray node id when running inside Ray (several raylets can share one host)."""
     name = socket.gethostname()
@@ -108,7 +116,7 @@ def map_from_spec(ctx: TrialContext, spec: Mapping[str, Any]) -> PrecisionMap:
 def evaluate_map(ctx: TrialContext, pmap: PrecisionMap, report: Callable[[dict], None]) -> dict[str, Any]:
     """Build, load and score one map, calling `report` after every chunk; returns the final metrics."""
     imatrix = _imatrix(ctx.imatrix_path)
-    work = Path(ctx.work_dir)
+    work = Path(ctx.work_dir) if ctx.work_dir else default_work_dir()
     work.mkdir(parents=True, exist_ok=True)
     out = work / f"{ctx.study}-{pmap.digest[:16]}-{os.getpid()}.gguf"
     cache = TensorCache(ctx.cache_dir, size_limit=ctx.cache_size)

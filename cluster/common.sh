@@ -15,6 +15,10 @@
 : "${MAX_WORKER_PORT:=10999}"
 : "${CEREBELLUM_CACHE:=/var/tmp/cerebellum-ray/tensors}"  # per-node tensor cache (local disk)
 export CEREBELLUM_CACHE
+# A local directory for the trials' candidate GGUFs on every node (cerebellum-ray reads CEREBELLUM_WORK_DIR; its
+# default is the temp dir): written and deleted once per trial, so it belongs on local disk.
+: "${CEREBELLUM_WORK_DIR:=/var/tmp/cerebellum-ray/work}"
+export CEREBELLUM_WORK_DIR
 
 die() { echo "error: $*" >&2; exit 2; }
 

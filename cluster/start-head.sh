@@ -8,7 +8,8 @@
 # Token: RAY_AUTH_TOKEN, else RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token; created there (mode 600) if none exists.
 #        Copy that file to every worker (~/.ray/auth_token, mode 600) before running start-worker.sh there.
 # Ports: see common.sh (override with the environment, e.g. DASHBOARD_PORT=8266); table in cluster/README.md.
-# --local: a throwaway check on this machine: 127.0.0.1 only, 1 CPU, 0 GPUs, token auth still on. Stop with `ray stop`.
+# --local: a throwaway check on this machine: 127.0.0.1 only, 1 CPU, 0 GPUs, token auth still on. Stop with `ray stop`
+#          (which stops every Ray on the machine). Beside other Ray instances add `-- --temp-dir=DIR` and other ports.
 # --dry-run: print the `ray start` command and exit (nothing is started, no token is created).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -28,7 +29,7 @@ while (($#)); do
         --node-ip=*) node_ip="${1#*=}"; shift ;;
         --dry-run) dry_run=1; shift ;;
         --local) local_mode=1; shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
         --) shift; extra+=("$@"); break ;;
         *) die "unknown option $1 (pass ray start options after --)" ;;
     esac
@@ -85,7 +86,7 @@ if ! find_token; then
     find_token
 fi
 echo "token authentication: on (token from $TOKEN_SOURCE)"
-mkdir -p "$CEREBELLUM_CACHE"
+mkdir -p "$CEREBELLUM_CACHE" "$CEREBELLUM_WORK_DIR"
 
 "$ray_bin" "${args[@]}"
 

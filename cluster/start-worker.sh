@@ -10,7 +10,8 @@
 # GPUs: counted with nvidia-smi (or CUDA_VISIBLE_DEVICES) unless --num-gpus is given.
 # The source model must be at the same path as on the head (or on shared storage); the tensor cache is local
 # (CEREBELLUM_CACHE, default /var/tmp/cerebellum-ray/tensors).
-# --local: a second node on this machine for a throwaway check (Ray picks free ports, 1 CPU, 0 GPUs).
+# --local: a second node on this machine for a throwaway check (Ray picks free ports, 1 CPU, 0 GPUs); give it a
+#          temp dir of its own (-- --temp-dir=DIR): two nodes sharing one would delete each other's job files.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=cluster/common.sh
@@ -28,7 +29,7 @@ while (($#)); do
         --node-ip=*) node_ip="${1#*=}"; shift ;;
         --dry-run) dry_run=1; shift ;;
         --local) local_mode=1; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
         --) shift; extra+=("$@"); break ;;
         -*) die "unknown option $1 (pass ray start options after --)" ;;
         *) [[ -z "$head" ]] || die "one head address, got '$head' and '$1'"; head="$1"; shift ;;
@@ -67,7 +68,7 @@ fi
 find_token || die "no authentication token: copy the head's ~/.ray/auth_token here (scp HEAD:.ray/auth_token \
 ~/.ray/auth_token && chmod 600 ~/.ray/auth_token), or export RAY_AUTH_TOKEN"
 echo "token authentication: on (token from $TOKEN_SOURCE)"
-mkdir -p "$CEREBELLUM_CACHE"
+mkdir -p "$CEREBELLUM_CACHE" "$CEREBELLUM_WORK_DIR"
 
 "$ray_bin" "${args[@]}"
 echo "joined $head with ${num_gpus} GPUs; tensor cache ${CEREBELLUM_CACHE}"

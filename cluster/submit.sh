@@ -37,7 +37,7 @@ while (($#)); do
         --submission-id|--entrypoint-num-gpus|--entrypoint-num-cpus) submit_opts+=("$1" "$2"); shift 2 ;;
         --submission-id=*|--entrypoint-num-gpus=*|--entrypoint-num-cpus=*) submit_opts+=("$1"); shift ;;
         --dry-run) dry_run=1; shift ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
         --) shift; break ;;
         *) break ;;  # the first argument that is not ours starts the search arguments
     esac

@@ -42,3 +42,34 @@ def test_preset_maps_match_llama_quantize_on_gemma3(gemma3, tmp_path):
         ours = resolve(cat, MapSpec(base=preset))
         assert dict(ours.types) == oracle, preset
         out.unlink()
+
+
+def test_chat_template_prompt_from_the_gguf(gemma3):
+    from cerebellum_ray.tasks import chat_prompt
+
+    prompt = chat_prompt(gemma3, "def add(a, b):\n")
+    assert "<start_of_turn>user" in prompt and prompt.endswith("def add(a, b):\n")
+
+
+def test_score_agrees_with_a_plain_numpy_pass_on_gemma3(gemma3):
+    """Perplexity on the real 262k-vocabulary model through the partial-logits path vs all logits in numpy."""
+    import numpy as np
+
+    from cerebellum_ray.cli import default_text
+    from cerebellum_ray.llama_runner import LlamaRunner, RunnerConfig
+    from cerebellum_ray.score import EvalSpec, score
+
+    text = default_text()[:20000]
+    rec = score(gemma3, EvalSpec(text, n_ctx=256, n_chunks=2))
+    with LlamaRunner(gemma3, RunnerConfig(n_ctx=256)) as r:
+        tokens = r.tokenize(text)
+        nll = []
+        for c in range(2):
+            chunk = tokens[c * 256:(c + 1) * 256].copy()
+            chunk[0] = r.bos
+            r.clear()
+            logits = np.array(r.decode(chunk, np.arange(256), 0, np.ones(256, bool)), dtype=np.float64)
+            m = logits.max(axis=1, keepdims=True)
+            logp = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
+            nll.extend(-logp[np.arange(128, 255), chunk[129:]])
+    assert abs(rec.ppl / np.exp(np.mean(nll)) - 1) < 1e-5
