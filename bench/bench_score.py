@@ -90,16 +90,13 @@ def bench_perplexity(binary: str | None, name: str, model: Path, n_ctx: int, chu
     return row
 
 
-def bench_generation(name: str, model: Path, n_prompts: int = 16, max_new: int = 64) -> str:
+def bench_generation(name: str, model: Path, n_prompts: int = 16, max_new: int = 128,
+                     n_seqs=(8, 16)) -> list[str]:
+    """Greedy completions of HumanEval prompts, all of them running to max_new tokens (no stop sequences), so that
+    both sides generate the same number of tokens; prefill included on both sides."""
     prompts = [p.prompt for p in load_problems(n_prompts)]
-    n_ctx = max(len(p) for p in prompts) // 2 + max_new + 64
-    with LlamaRunner(model, RunnerConfig(n_ctx=n_ctx, n_seq=8)) as runner:
+    with LlamaRunner(model, RunnerConfig(n_ctx=64)) as runner:
         n_ctx = max(len(runner.tokenize(p)) for p in prompts) + max_new + 8
-    with LlamaRunner(model, RunnerConfig(n_ctx=n_ctx, n_seq=8)) as runner:
-        generate_greedy(runner, prompts[:8], max_new_tokens=4, stops=())  # warm
-        t0 = time.perf_counter()
-        gens = generate_greedy(runner, prompts, max_new_tokens=max_new, stops=())
-        batched = sum(g.n_tokens for g in gens) / (time.perf_counter() - t0)
     llm = llama_cpp.Llama(model_path=str(model), n_ctx=n_ctx, verbose=False, n_threads=os.cpu_count())
     llm.create_completion(prompts[0], max_tokens=4, temperature=0.0)  # warm
     t0, n = time.perf_counter(), 0
@@ -108,7 +105,16 @@ def bench_generation(name: str, model: Path, n_prompts: int = 16, max_new: int =
         n += out["usage"]["completion_tokens"]
     single = n / (time.perf_counter() - t0)
     llm.close()
-    return f"| {name} | {len(prompts)} x {max_new} | {batched:.0f} | {single:.0f} | **{batched / single:.2f}x** |"
+    rows = []
+    for n_seq in n_seqs:
+        with LlamaRunner(model, RunnerConfig(n_ctx=n_ctx, n_seq=n_seq)) as runner:
+            generate_greedy(runner, prompts[:n_seq], max_new_tokens=4, stops=())  # warm
+            t0 = time.perf_counter()
+            gens = generate_greedy(runner, prompts, max_new_tokens=max_new, stops=())
+            batched = sum(g.n_tokens for g in gens) / (time.perf_counter() - t0)
+        rows.append(f"| {name} | {n_seq} | {len(prompts)} x {max_new} | {batched:.0f} | {single:.0f} | "
+                    f"**{batched / single:.2f}x** |")
+    return rows
 
 
 def bench_topk(name: str, src: Path, quant: Path, n_ctx: int = 128, chunks: int = 8) -> list[str]:
@@ -145,11 +151,13 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, path in ms.items():
         print(bench_perplexity(binary, name, path, args.ctx, args.chunks))
-    print("\n#### Generation: batched (8 sequences per context) vs one-at-a-time create_completion\n")
-    print("| model | prompts x new tokens | batched tokens/s | create_completion tokens/s | speed-up |")
-    print("|---|---:|---:|---:|---:|")
+    print("\n#### Generation: batched (n sequences per context) vs one-at-a-time create_completion\n")
+    print("| model | sequences per context | prompts x new tokens | batched tokens/s | create_completion tokens/s "
+          "| speed-up |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, path in ms.items():
-        print(bench_generation(name, path))
+        for row in bench_generation(name, path):
+            print(row)
     if args.models in ("tiny", "all"):
         print("\n#### Top-K KLD (reference keeps K tokens + the rest mass) vs full-vocabulary KLD\n")
         print("| model | K | top-K KLD | full KLD | underestimate |")

@@ -308,40 +308,29 @@ def _make_callbacks(ctx: TrialContext, opts: SearchOptions, strategy: str, label
         def on_trial_start(self, iteration, trials, trial, **info):
             self.started[trial.trial_id] = time.time()
 
-        def _row(self, trial, status: str, error: str | None = None) -> dict[str, Any]:
-            result = trial.last_result or {}
+        def _what(self, trial):
+            """(params, label, map) of a trial: a point of the space, or a fixed map (presets, map files)."""
             if "__map" in trial.config:
-                return self._map_row(trial, status, error)
+                from .trial import map_from_spec
+
+                spec = trial.config["__map"]
+                return spec, spec.get("label"), map_from_spec(ctx, spec)
             source = trial.config.get("__point") or trial.config
             point = {d.param: int(source[d.param]) for d in ctx.space.dimensions if d.param in source}
+            pmap = ctx.space.map_for(catalog, point) if len(point) == len(ctx.space.dimensions) else None
+            return point, (labels or {}).get(json.dumps(point, sort_keys=True)), pmap
+
+        def _row(self, trial, status: str, error: str | None = None) -> dict[str, Any]:
+            params, label, pmap = self._what(trial)
             row: dict[str, Any] = {
                 "study": ctx.study, "trial_id": trial.trial_id, "strategy": strategy, "status": status,
-                "error": error, "params": point, "eval_hash": ctx.eval_hash, "versions": versions,
+                "error": error, "params": params, "label": label, "eval_hash": ctx.eval_hash, "versions": versions,
                 "started_at": self.started.get(trial.trial_id, time.time()), "finished_at": time.time(),
-                "label": (labels or {}).get(json.dumps(point, sort_keys=True)),
                 "optuna_trial": trial.config.get("optuna_trial"), "gpus": opts.gpus_per_trial,
             }
-            if len(point) == len(ctx.space.dimensions):
-                pmap = ctx.space.map_for(catalog, point)
-                row["map"], row["map_hash"] = dict(pmap.types), pmap.digest
-                row["n_changed"] = len(pmap.changed_from(_base_map()))
-            for col in store.SCHEMA.names:
-                if col in result and col not in row:
-                    row[col] = result[col]
-            row["size_bytes"] = result.get("size_bytes")
-            return row
-
-        def _map_row(self, trial, status: str, error: str | None) -> dict[str, Any]:
-            from .trial import map_from_spec
-
-            spec = trial.config["__map"]
+            if pmap is not None:
+                row.update(map=dict(pmap.types), map_hash=pmap.digest, n_changed=len(pmap.changed_from(_base_map())))
             result = trial.last_result or {}
-            pmap = map_from_spec(ctx, spec)
-            row = {"study": ctx.study, "trial_id": trial.trial_id, "strategy": strategy, "status": status,
-                   "error": error, "params": spec, "eval_hash": ctx.eval_hash, "versions": versions,
-                   "started_at": self.started.get(trial.trial_id, time.time()), "finished_at": time.time(),
-                   "label": spec.get("label"), "map": dict(pmap.types), "map_hash": pmap.digest,
-                   "n_changed": len(pmap.changed_from(_base_map())), "gpus": opts.gpus_per_trial}
             row.update({c: result[c] for c in store.SCHEMA.names if c in result and c not in row})
             return row
 
