@@ -6,10 +6,11 @@
 #   cluster/local-proof.sh [WORKDIR]        (default: a new directory under /tmp)
 #
 # Token authentication stays on: a fresh token for this run only (RAY_AUTH_TOKEN, RAY_AUTH_MODE=token), never
-# written to ~/.ray/auth_token. Everything binds 127.0.0.1 on ports of its own (a free block of 400 from
-# PROOF_PORT_BASE, default: a random free one in 20000-32000), with temporary directories of its own, so it can run
-# beside other Ray clusters on this machine; on exit it stops exactly the processes it started (never `ray stop`,
-# which would stop every Ray on the machine).
+# written to ~/.ray/auth_token. Nodes are started with --node-ip-address=127.0.0.1 (Ray advertises this machine's own
+# address for it; nothing leaves the machine) and the dashboard listens on 127.0.0.1 only. Ports are its own (a free
+# block of 400 from PROOF_PORT_BASE, default: a random free one in 20000-32000), temporary directories too, so it can
+# run beside other Ray clusters on this machine; on exit it stops exactly the processes it started (never
+# `ray stop`, which would stop every Ray on the machine).
 #
 # Environment: PROOF_TRIALS (10), PROOF_KILL_AFTER (3 stored rows), PROOF_TIMEOUT (900 s for the job),
 # PROOF_PORT_BASE, PROOF_KEEP_LOGS=1 (copy Ray's logs to WORKDIR/ray-logs even on success).
@@ -31,14 +32,37 @@ else
 fi
 trials="${PROOF_TRIALS:-10}"
 kill_after="${PROOF_KILL_AFTER:-3}"
+max_failures=3
 job_timeout="${PROOF_TIMEOUT:-900}"
 study="proof"
 store="$work/store"
 # Ray's unix sockets live under the temp dir: keep it short (108 bytes per socket path), whatever WORKDIR is
 tmp="$(mktemp -d /tmp/crp.XXXXXX)"
 helper="$tmp/proof.py"
-t_start=$(date +%s.%N)
+h() { python "$helper" "$@"; }
 log() { echo "[local-proof $(date +%H:%M:%S)] $*" >&2; }
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    log "stopping this proof's Ray processes (only those under $tmp)"
+    h kill SIGTERM 10 "$tmp" >&2 || true
+    h kill SIGKILL 2 "$tmp" >&2 || true
+    if ((rc != 0)) || [[ "${PROOF_KEEP_LOGS:-0}" == 1 ]]; then
+        mkdir -p "$work/ray-logs"
+        for d in "$tmp"/h "$tmp"/w1 "$tmp"/w2; do
+            [[ -d "$d/session_latest/logs" ]] && cp -rL "$d/session_latest/logs" "$work/ray-logs/$(basename "$d")" 2>/dev/null
+        done
+        log "Ray logs copied to $work/ray-logs"
+    fi
+    rm -rf "$tmp"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+t_start=$(date +%s.%N)
 
 export RAY_USAGE_STATS_ENABLED=0
 export RAY_AUTH_MODE=token
@@ -50,8 +74,8 @@ export PROOF_TMP="$tmp" PROOF_WORK="$work" PROOF_STORE="$store" PROOF_STUDY="$st
 cat >"$helper" <<'PY'
 import json, os, signal, socket, sys, time, urllib.error, urllib.request
 
-TOKEN = os.environ["RAY_AUTH_TOKEN"]
-TMP = os.environ["PROOF_TMP"]
+TOKEN = os.environ.get("RAY_AUTH_TOKEN", "")
+TMP = os.environ.get("PROOF_TMP", "")
 STATE = os.path.join(TMP, "state.json")
 
 
@@ -304,6 +328,18 @@ def tune_failures():
     return out
 
 
+def failure_cause(trial_id):
+    """The line of the trial's error.txt (Tune writes one entry per failure) that says why it failed."""
+    import glob
+    exp = os.path.join(os.environ["PROOF_STORE"], "_tune", os.environ["PROOF_STUDY"])
+    for path in glob.glob(os.path.join(exp, "*_%s_*" % trial_id, "error.txt")):
+        with open(path) as f:
+            lines = [x.strip() for x in f]
+        return next((x for x in lines if "node" in x.lower() and "died" in x.lower()), lines[1] if len(lines) > 1
+                    else None)
+    return None
+
+
 def summary(job_status, max_failures):
     s = state()
     labels = s["nodes"]
@@ -356,7 +392,8 @@ def summary(job_status, max_failures):
         "rows_by_status": by_status, "rows_by_node": by_node, "nodes_before_kill": sorted(map(str, before)),
         "retried": {t: {"failures": k, "node": label_of(next((r["node"] for r in rows if r["trial_id"] == t), None),
                                                          labels),
-                        "status": next((r["status"] for r in rows if r["trial_id"] == t), None)}
+                        "status": next((r["status"] for r in rows if r["trial_id"] == t), None),
+                        "cause": failure_cause(t)}
                     for t, k in retried.items()},
         "failed_with_retries_left": bad_failed, "finished_on_killed_node_after_kill": late_on_victim,
         "timings_s": {
@@ -397,28 +434,6 @@ if __name__ == "__main__":
     else:
         sys.exit("unknown helper command " + cmd)
 PY
-h() { python "$helper" "$@"; }
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    log "stopping this proof's Ray processes (only those under $tmp)"
-    h kill SIGTERM 10 "$tmp" >&2 || true
-    h kill SIGKILL 2 "$tmp" >&2 || true
-    if ((rc != 0)) || [[ "${PROOF_KEEP_LOGS:-0}" == 1 ]]; then
-        mkdir -p "$work/ray-logs"
-        for d in "$tmp"/h "$tmp"/w1 "$tmp"/w2; do
-            [[ -d "$d/session_latest/logs" ]] && cp -rL "$d/session_latest/logs" "$work/ray-logs/$(basename "$d")" 2>/dev/null
-        done
-        log "Ray logs copied to $work/ray-logs"
-    fi
-    rm -rf "$tmp"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
 base="$(h free-base 400)"
 gcs=$base dash=$((base + 1)) client=$((base + 2))
 dashboard="http://127.0.0.1:$dash"
@@ -450,11 +465,14 @@ h save "{\"t_cluster\": $(date +%s.%N)}"
 
 job="proof-$(date +%s)-$$"
 h save "{\"job\": \"$job\"}"
-ray job submit --address "$dashboard" --no-wait --submission-id "$job" \
-    --runtime-env-json '{"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}}' -- \
+# the job's environment reaches its trials: absolute paths stay valid, trial GGUFs go under WORKDIR (a trial killed
+# mid-build leaves its partial file there, not in a shared /tmp)
+runtime_env="$(python -c 'import json, sys; print(json.dumps({"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0",
+    "CEREBELLUM_WORK_DIR": sys.argv[1]}}))' "$work/trials")"
+ray job submit --address "$dashboard" --no-wait --submission-id "$job" --runtime-env-json "$runtime_env" -- \
     cerebellum-ray search --space "$repo/search_spaces/tiny-gemma4.yaml" --source "$work/tiny.gguf" \
     --study "$study" --store "$store" --cache-dir "$work/cache" --trials "$trials" --address auto \
-    --gpus-per-trial 0.5 --cpus-per-trial 0.5 --max-failures 3 --scheduler none --json >&2
+    --gpus-per-trial 0.5 --cpus-per-trial 0.5 --max-failures "$max_failures" --scheduler none --json >&2
 h save "{\"t_submit\": $(date +%s.%N)}"
 log "submitted $job; the dashboard's HTTP API says: $(h job | python -c 'import json,sys; j=json.load(sys.stdin); print(j.get("status"), j.get("entrypoint", "")[:60] + "...")')"
 
@@ -466,4 +484,4 @@ status="$(h wait-job "$job_timeout")"
 log "job $job: $status"
 ray job status --address "$dashboard" "$job" 2>&1 | grep -v "^$" | tail -n 2 >&2 || true
 ray job logs --address "$dashboard" "$job" >"$work/job.log" 2>&1 || true
-h summary "$status" 3
+h summary "$status" "$max_failures"

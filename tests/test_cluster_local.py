@@ -27,7 +27,7 @@ def test_local_cluster_survives_a_killed_worker(tmp_path):
     try:
         out, err = proc.communicate(timeout=900)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)  # the script's trap stops exactly the Ray processes it started
+        os.killpg(proc.pid, signal.SIGTERM)  # the script's trap then stops exactly the Ray processes it started
         out, err = proc.communicate(timeout=60)
         pytest.fail("local-proof.sh timed out:\n" + err[-4000:])
     assert out.strip(), err[-4000:]
