@@ -108,7 +108,7 @@ def quantize_tensor(
 ) -> np.ndarray:
     """Quantize one tensor to job.dst_type; `read_rows(first_row, n_rows)` returns those rows' raw source bytes.
 
-    Rows are read per work item, so peak memory is the output plus a few 16 MiB work buffers, not the source.
+    Rows are read per work item, so peak memory is the output plus a few 1 MiB work buffers, not the source.
     Returns the new raw bytes (uint8). `imatrix`, when given, holds n_per_row values per expert, concatenated.
     """
     check_job(job, imatrix)
