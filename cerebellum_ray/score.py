@@ -126,9 +126,14 @@ def plan_chunks(tokens: np.ndarray, n_ctx: int, n_chunks: int | None) -> int:
     return available if n_chunks is None else max(1, min(n_chunks, available))
 
 
-def chunk_logits(runner: LlamaRunner, tokens: np.ndarray, chunk_ids: list[int], n_ctx: int) -> list[np.ndarray]:
-    """Evaluate chunks (one sequence each) and return, per chunk, logits at positions n_ctx/2 .. n_ctx-2."""
+def iter_chunk_logits(runner: LlamaRunner, tokens: np.ndarray, chunk_ids: list[int], n_ctx: int):
+    """Evaluate chunks (one sequence each); yield (chunk id, logits at positions n_ctx/2 .. n_ctx-2).
+
+    When a group of chunks fits one decode, each yielded array is a view of llama.cpp's output buffer (no copy of
+    262k-wide rows): use it before asking for the next one. Chunks longer than a batch are assembled from copies.
+    """
     first = n_ctx // 2
+    per_chunk = n_ctx - 1 - first
     runner.clear()
     toks, pos, seq, want = [], [], [], []
     for s, c in enumerate(chunk_ids):
@@ -142,17 +147,25 @@ def chunk_logits(runner: LlamaRunner, tokens: np.ndarray, chunk_ids: list[int], 
         w[first : n_ctx - 1] = True
         want.append(w)
     toks, pos, seq, want = (np.concatenate(x) for x in (toks, pos, seq, want))
-    per_chunk = n_ctx - 1 - first
-    out: list[list[np.ndarray]] = [[] for _ in chunk_ids]
     step = runner.n_batch
+    if len(toks) <= step:
+        logits = runner.decode(toks, pos, seq, want)  # rows in sequence order, per_chunk rows each
+        for s, c in enumerate(chunk_ids):
+            yield c, logits[s * per_chunk : (s + 1) * per_chunk]
+        return
+    parts: list[list[np.ndarray]] = [[] for _ in chunk_ids]
     for a in range(0, len(toks), step):
         logits = runner.decode(toks[a : a + step], pos[a : a + step], seq[a : a + step], want[a : a + step])
         owners = seq[a : a + step][want[a : a + step]]
         for s in np.unique(owners):
-            out[s].append(np.array(logits[owners == s]))  # copy: the buffer is reused by the next decode
-    result = [np.concatenate(parts) if len(parts) > 1 else parts[0] for parts in out]
-    assert all(r.shape[0] == per_chunk for r in result)
-    return result
+            parts[s].append(np.array(logits[owners == s]))  # copy: the buffer is reused by the next decode
+    for s, c in enumerate(chunk_ids):
+        yield c, np.concatenate(parts[s])
+
+
+def chunk_logits(runner: LlamaRunner, tokens: np.ndarray, chunk_ids: list[int], n_ctx: int) -> list[np.ndarray]:
+    """iter_chunk_logits as a list of copies (for tests and benchmarks)."""
+    return [np.array(lg) for _, lg in iter_chunk_logits(runner, tokens, chunk_ids, n_ctx)]
 
 
 def _targets(tokens: np.ndarray, chunk: int, n_ctx: int) -> np.ndarray:
@@ -180,7 +193,7 @@ def score_stream(model_path: str | os.PathLike, spec: EvalSpec, reference: Refer
         started = time.perf_counter()
         for g in range(0, n_chunks, n_seq):
             ids = list(range(g, min(n_chunks, g + n_seq)))
-            for c, logits in zip(ids, chunk_logits(runner, tokens, ids, spec.n_ctx)):
+            for c, logits in iter_chunk_logits(runner, tokens, ids, spec.n_ctx):
                 targets = _targets(tokens, c, spec.n_ctx)
                 if reference is None:
                     nll_parts.append(-target_logprobs(logits, targets))
@@ -219,7 +232,7 @@ def compute_reference(model_path: str | os.PathLike, spec: EvalSpec, config: Run
         parts, nll = [], []
         for g in range(0, n_chunks, runner.config.n_seq):
             ids = list(range(g, min(n_chunks, g + runner.config.n_seq)))
-            for c, logits in zip(ids, chunk_logits(runner, tokens, ids, spec.n_ctx)):
+            for c, logits in iter_chunk_logits(runner, tokens, ids, spec.n_ctx):
                 tk = top_k(logits, spec.top_k, _targets(tokens, c, spec.n_ctx))
                 parts.append(tk)
                 nll.append(-tk.target_logprob.astype(np.float64))
