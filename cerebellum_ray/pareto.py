@@ -27,7 +27,6 @@ from __future__ import annotations
 import bisect
 import math
 import os
-import tempfile
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -525,17 +524,13 @@ def _hv_note(fronts: Sequence[Front]) -> str:
 
 
 def _write_atomically(path: str | os.PathLike, write) -> Path:
-    """Call write(tmp_path) on a temp file beside `path`, then move it into place."""
+    """Call write(tmp_path) on a temp file beside `path`, then move it into place (gguf_io.atomic_path)."""
+    from .gguf_io import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        write(str(tmp))
     return path
 
 
