@@ -319,10 +319,10 @@ def _study_summary(store_dir: str, study: str) -> dict[str, Any]:
     by_status: dict[str, int] = {}
     for r in rows:
         by_status[r["status"]] = by_status.get(r["status"], 0) + 1
-    done = [r for r in rows if r["status"] == "complete" and r["kld"] is not None]
-    front = sorted((r for r in done if not any(
-        o["size_bytes"] <= r["size_bytes"] and o["kld"] <= r["kld"] and (o["size_bytes"], o["kld"]) !=
-        (r["size_bytes"], r["kld"]) for o in done)), key=lambda r: r["size_bytes"])
+    from .pareto import compute_fronts
+
+    fronts = compute_fronts(rows, ["size", "kld"]) if rows else []
+    front = fronts[0].points if fronts else []
     keep = ("trial_id", "strategy", "label", "size_bytes", "bpw", "kld", "kld_se", "ppl", "humaneval")
     return {"study": study, "trials": len(rows), "by_status": by_status,
             "front": [{k: r.get(k) for k in keep} for r in front]}
