@@ -17,6 +17,7 @@ The summary table mirrors the card's: move, tensors, KLD change, size change, de
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,13 @@ def run_ablation(opts):
     base_map = resolve(catalog, space.base)
     base = space.base_point(base_map)
     runner = _BatchRunner(ctx, opts, resources, store_dir)
+    mixed = [d.param for d in space.dimensions if len({base_map.types[t] for t in d.tensors}) > 1]
+    if mixed:
+        # a per-group dimension whose tensors the preset gives different types (e.g. Q4_K_M's use_more_bits layers)
+        # cannot hold the preset exactly: the ablation's base is then the space point nearest to the preset
+        print(f"warning: the base preset {space.base.base} gives the tensors of {', '.join(mixed)} different types; "
+              "the ablation starts from the nearest point of the space (make those dimensions per layer to start "
+              "from the preset itself)", file=sys.stderr)
 
     results = runner.run([(Move("base", "base", "", (), ""), base)], "base")
     base_result = results[_point_key(base)]
@@ -196,7 +204,7 @@ def decide(space, base, base_map, base_result, phase1, phase2, phase3, results):
 def summary_table(decisions, base_result, final_result) -> str:
     lines = ["| move | tensors | KLD | KLD change | size change | decision |", "|---|---:|---:|---:|---:|---|"]
     b_kld, b_size = base_result["kld"], base_result["size_bytes"]
-    lines.append(f"| base | | {b_kld:.5f} | | | |")
+    lines.append(f"| base (the space point nearest the base preset) | | {b_kld:.5f} | | | |")
     for move, r, decision in decisions:
         if r is None or r.get("kld") is None:
             lines.append(f"| {move.label} | {len(move.params)} | | | | {decision} |")
