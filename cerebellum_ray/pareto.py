@@ -510,7 +510,29 @@ def _title(fronts: Sequence[Front], objectives: Sequence[str]) -> str:
     return text + (f" (colour: {OBJECTIVES[objectives[2]][2]})" if len(objectives) == 3 else "")
 
 
-def _hv_note(fronts: Sequence[Front]) -> str:
+def _split_off_scale(refs: list[dict], fronts: Sequence[Front], objectives: Sequence[str],
+                     log_scale: Collection[str]) -> tuple[list[dict], list[str]]:
+    """Reference rows that would stretch a log axis by more than 100x below every trial (e.g. the reference model
+    itself, KLD ~0) are left off the plot and named in the caption instead."""
+    shown, off = [], []
+    trials = [r for f in fronts for r in (*f.points, *f.dominated)]
+    for o in objectives:
+        if o not in log_scale:
+            continue
+        col = OBJECTIVES[o][0]
+        values = [r[col] for r in trials if r.get(col) is not None and r[col] > 0]
+        if not values:
+            continue
+        floor = min(values) / 100
+        for r in refs:
+            if r.get(col) is not None and r[col] < floor:
+                off.append(f"{_reference_name(r)} ({o} {r[col]:.2g})")
+    names = {x.split(" (")[0] for x in off}
+    shown = [r for r in refs if _reference_name(r) not in names]
+    return shown, off
+
+
+def _hv_note(fronts: Sequence[Front], off_scale: Sequence[str] = ()) -> str:
     """One line saying what HV means, with the actual reference point in display units."""
     f = fronts[0]
     ref = ", ".join(
@@ -520,7 +542,8 @@ def _hv_note(fronts: Sequence[Front]) -> str:
     skipped = sum(x.n_skipped for x in fronts)
     return (f"HV = share of the box from the best value of each objective to the reference point ({ref}; "
             "by default the worst value + 10% of the range) that a front dominates."
-            + (f" {skipped} rows not complete or missing an objective are left out." if skipped else ""))
+            + (f" {skipped} rows not complete or missing an objective are left out." if skipped else "")
+            + (f" Off scale, not drawn: {', '.join(off_scale)}." if off_scale else ""))
 
 
 def _write_atomically(path: str | os.PathLike, write) -> Path:
@@ -562,7 +585,7 @@ def plot_png(
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     objectives = _check_plot_args(fronts, objectives)
-    refs = [r for r in _rows_as_dicts(reference_rows or [])]
+    refs, off_scale = _split_off_scale(_rows_as_dicts(reference_rows or []), fronts, objectives, log_scale)
     x_name, y_name = objectives[0], objectives[1]
     z_name = objectives[2] if len(objectives) == 3 else None
     shown = [r for f in fronts for r in (*f.points, *f.dominated)] + refs
@@ -634,7 +657,7 @@ def plot_png(
     ax.legend(handles=handles, loc="best", fontsize=9, title_fontsize=9,
               title=f"front per {fronts[0].group_by}: points on front of all, HV (faint: dominated trials)")
     ax.set_title(title or _title(fronts, objectives))
-    fig.text(0.005, 0.002, _hv_note(fronts), fontsize=7, color="#555555", ha="left", va="bottom", wrap=True)
+    fig.text(0.005, 0.002, _hv_note(fronts, off_scale), fontsize=7, color="#555555", ha="left", va="bottom", wrap=True)
     fig.get_layout_engine().set(h_pad=0.2)
     return _write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
 
@@ -655,7 +678,7 @@ def plot_html(
     import plotly.graph_objects as go
 
     objectives = _check_plot_args(fronts, objectives)
-    refs = _rows_as_dicts(reference_rows or [])
+    refs, off_scale = _split_off_scale(_rows_as_dicts(reference_rows or []), fronts, objectives, log_scale)
     shown = [r for f in fronts for r in (*f.points, *f.dominated)] + refs
     logs = _log_axes(objectives, log_scale, shown)
     three_d = len(objectives) == 3
@@ -733,7 +756,7 @@ def plot_html(
         if logs[o]:
             ticks = _log_ticks(_display(shown, o))
             axes[o].update(tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
-    note = _hv_note(fronts)
+    note = _hv_note(fronts, off_scale)
     if three_d:
         note += "<br>" + "; ".join(
             f"{OBJECTIVES[o][2]}: {'lower' if OBJECTIVES[o][1] == 'min' else 'higher'} is better" for o in objectives)

@@ -43,9 +43,9 @@ def test_decisions_follow_the_card(setup):
     results = {_point_key(base): _result(1.0, 1000)}
     results[_point_key(attn_q_down[1])] = _result(1.3, 990)  # cheaper but worse: mixed, go per layer
     results[_point_key(attn_k_up[1])] = _result(0.8, 1010)  # promotion that clearly helps: keep
-    for i, (m, p) in enumerate(phase2):  # layers 0 and 1 sensitive, the rest tolerate Q2_K
+    for i, (_m, p) in enumerate(phase2):  # layers 0 and 1 sensitive, the rest tolerate Q2_K
         results[_point_key(p)] = _result(1.2 if i < 2 else 1.005, 998)
-    for i, (m, p) in enumerate(phase3):  # router moves: two help, the best one is kept alone
+    for i, (_m, p) in enumerate(phase3):  # router moves: two help, the best one is kept alone
         results[_point_key(p)] = _result([0.9, 0.95, 1.1][i], 1001)
     decisions, final = decide(space, base, base_map, results[_point_key(base)], phase1, phase2, phase3, results)
     by_label = {m.label: d for m, _, d in decisions}
