@@ -197,19 +197,12 @@ _SCALAR_FORMATS = {
 
 
 def encode_kv(key: str, value: Any, vtype: GGUFValueType) -> bytes:
-    """One key/value entry in GGUF encoding (strings, scalars and arrays of strings or scalars)."""
+    """One key/value entry in GGUF encoding: a string or a scalar (copied entries keep their raw bytes instead)."""
     out = _encode_str(key) + struct.pack("<I", int(vtype))
     if vtype == GGUFValueType.STRING:
         return out + _encode_str(str(value))
-    if vtype == GGUFValueType.ARRAY:
-        items = list(value)
-        sub = GGUFValueType.STRING if all(isinstance(v, str) for v in items) else GGUFValueType.FLOAT32
-        if items and all(isinstance(v, int) for v in items):
-            sub = GGUFValueType.INT32
-        out += struct.pack("<IQ", int(sub), len(items))
-        if sub == GGUFValueType.STRING:
-            return out + b"".join(_encode_str(v) for v in items)
-        return out + b"".join(struct.pack(_SCALAR_FORMATS[sub], v) for v in items)
+    if vtype not in _SCALAR_FORMATS:
+        raise ValueError(f"encode_kv writes strings and scalars, not {vtype.name} (key {key})")
     return out + struct.pack(_SCALAR_FORMATS[vtype], value)
 
 

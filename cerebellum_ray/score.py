@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .llama_runner import LlamaRunner, RunnerConfig
-from .logprobs import TopK, compare_to_reference, log_normalizer, target_logprobs, top_k
+from .logprobs import TopK, compare_to_reference, target_logprobs, top_k
 from .reference import (
     Reference, ReferenceKey, default_reference_dir, file_digest, load_reference, save_reference, tokens_digest,
 )
@@ -266,5 +266,4 @@ def reference_for(reference_model: str | None, cache_path: str | None, spec: Eva
     return ref
 
 
-__all__ = ["EvalSpec", "ScoreRecord", "ScoreError", "score", "score_stream", "compute_reference", "reference_for",
-           "log_normalizer"]
+__all__ = ["EvalSpec", "ScoreRecord", "ScoreError", "score", "score_stream", "compute_reference", "reference_for"]
