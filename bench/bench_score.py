@@ -3,8 +3,9 @@
 1. Perplexity: `cerebellum-ray score` (our protocol implementation) vs llama.cpp's own `llama-perplexity` built
    from the same llama.cpp sources (bench/build_llama_tools.sh): the PPL values (must agree within 0.1 %) and
    tokens/s (target: ours >= 0.9x).
-2. HumanEval-style generation: batched greedy generation (8 sequences in one context) vs one-at-a-time
-   `Llama.create_completion` (temperature 0): tokens/s (target >= 3x).
+2. HumanEval-style generation: batched greedy generation (8 or 16 sequences in one context, continuous batching)
+   vs one-at-a-time `Llama.create_completion` (temperature 0): tokens/s (target >= 3x); and what a decode step
+   costs by the number of sequences in it (the ceiling batching can reach on this machine).
 3. Top-K KLD vs full-vocabulary KLD on the tiny models for several K.
 
     python bench/bench_score.py [--llama-perplexity PATH] [--models tiny|gemma3|all]
@@ -29,7 +30,7 @@ import numpy as np
 from cerebellum_ray.build import build
 from cerebellum_ray.catalog import load_catalog
 from cerebellum_ray.cli import default_text
-from cerebellum_ray.generate import generate_greedy
+from cerebellum_ray.generate import HUMANEVAL_STOPS, generate_greedy
 from cerebellum_ray.humaneval import load_problems
 from cerebellum_ray.llama_runner import LlamaRunner, RunnerConfig
 from cerebellum_ray.logprobs import full_kld
@@ -96,30 +97,94 @@ def bench_perplexity(binary: str | None, name: str, model: Path, n_ctx: int, chu
     return row
 
 
-def bench_generation(name: str, model: Path, n_prompts: int = 16, max_new: int = 128,
-                     n_seqs=(8, 16)) -> list[str]:
-    """Greedy completions of HumanEval prompts, all of them running to max_new tokens (no stop sequences), so that
-    both sides generate the same number of tokens; prefill included on both sides."""
+def bench_generation(name: str, model: Path, n_prompts: int = 16, n_seqs=(8, 16)) -> list[str]:
+    """Greedy completions of the first n_prompts HumanEval prompts, prefill included on both sides, two ways:
+    "fixed": 128 new tokens each, no stop sequences (both sides generate the same number of tokens);
+    "humaneval": HumanEval's stop sequences and up to 256 new tokens, as a trial scores it (lengths vary, so
+    finished sequences free their slots for waiting prompts)."""
     prompts = [p.prompt for p in load_problems(n_prompts)]
+    protocols = {"fixed": (128, ()), "humaneval": (256, HUMANEVAL_STOPS)}
     with LlamaRunner(model, RunnerConfig(n_ctx=64)) as runner:
-        n_ctx = max(len(runner.tokenize(p)) for p in prompts) + max_new + 8
-    llm = llama_cpp.Llama(model_path=str(model), n_ctx=n_ctx, verbose=False, n_threads=os.cpu_count())
+        n_ctx = max(len(runner.tokenize(p)) for p in prompts) + max(m for m, _ in protocols.values()) + 8
+    llm = llama_cpp.Llama(model_path=str(model), n_ctx=n_ctx, verbose=False, n_threads=os.cpu_count(),
+                          n_threads_batch=os.cpu_count())
     llm.create_completion(prompts[0], max_tokens=4, temperature=0.0)  # warm
-    t0, n = time.perf_counter(), 0
-    for p in prompts:
-        out = llm.create_completion(p, max_tokens=max_new, temperature=0.0)
-        n += out["usage"]["completion_tokens"]
-    single = n / (time.perf_counter() - t0)
+    single = {}
+    for proto, (max_new, stops) in protocols.items():
+        t0, n = time.perf_counter(), 0
+        for p in prompts:
+            out = llm.create_completion(p, max_tokens=max_new, temperature=0.0, stop=list(stops) or None)
+            n += out["usage"]["completion_tokens"]
+        single[proto] = (n, time.perf_counter() - t0)
     llm.close()
     rows = []
     for n_seq in n_seqs:
         with LlamaRunner(model, RunnerConfig(n_ctx=n_ctx, n_seq=n_seq)) as runner:
             generate_greedy(runner, prompts[:n_seq], max_new_tokens=4, stops=())  # warm
+            for proto, (max_new, stops) in protocols.items():
+                t0 = time.perf_counter()
+                gens = generate_greedy(runner, prompts, max_new_tokens=max_new, stops=stops)
+                wall = time.perf_counter() - t0
+                n = sum(g.n_tokens for g in gens)
+                n1, wall1 = single[proto]
+                rows.append(f"| {name} | {proto} | {n_seq} | {n} / {n1} | {n / wall:.0f} | {n1 / wall1:.0f} | "
+                            f"{wall:.1f} / {wall1:.1f} | **{(n / wall) / (n1 / wall1):.2f}x** |")
+    return rows
+
+
+def bench_step_costs(name: str, model: Path, batch_sizes=(1, 2, 4, 8, 16, 32)) -> list[str]:
+    """What one decode step costs by the number of sequences in it, with and without the output projection
+    (logits requested for every sequence vs for none): the roofline of batched generation on this machine."""
+    rows = []
+    for b in batch_sizes:
+        with LlamaRunner(model, RunnerConfig(n_ctx=256, n_seq=b)) as runner:
+            costs = {}
+            for want in (True, False):
+                runner.clear()
+                pos, times = np.zeros(b, np.int32), []
+                for _ in range(10):
+                    t0 = time.perf_counter()
+                    runner.decode(np.full(b, 100, np.int32), pos, np.arange(b, dtype=np.int32), np.full(b, want))
+                    times.append(time.perf_counter() - t0)
+                    pos += 1
+                costs[want] = 1000 * float(np.median(times[2:]))
+        rows.append(f"| {name} | {b} | {costs[True]:.1f} | {costs[True] / b:.2f} | {costs[False]:.1f} | "
+                    f"{costs[True] - costs[False]:.1f} |")
+    return rows
+
+
+def bench_kv_layouts(name: str, model: Path, n: int = 8) -> list[str]:
+    """KV cache shared by all sequences vs one stream per sequence (and per-sequence streams whose ids are not
+    consecutive, 0, 2, 4, ...): prefill of n HumanEval prompts, one decode step of n sequences after it, and the
+    "humaneval" generation protocol of bench_generation with n sequences per context."""
+    prompts = [p.prompt for p in load_problems(n)]
+    rows = []
+    for label, unified, stride in (("one cache shared by all sequences", True, 1),
+                                   ("one KV stream per sequence, ids 0..n-1", False, 1),
+                                   ("one KV stream per sequence, ids 0, 2, 4, ...", False, 2)):
+        with LlamaRunner(model, RunnerConfig(n_ctx=1024, n_seq=n * stride, kv_unified=unified)) as runner:
+            ids = list(range(0, n * stride, stride))
+            encoded = [runner.tokenize(p) for p in prompts]
             t0 = time.perf_counter()
-            gens = generate_greedy(runner, prompts, max_new_tokens=max_new, stops=())
-            batched = sum(g.n_tokens for g in gens) / (time.perf_counter() - t0)
-        rows.append(f"| {name} | {n_seq} | {len(prompts)} x {max_new} | {batched:.0f} | {single:.0f} | "
-                    f"**{batched / single:.2f}x** |")
+            for s, e in zip(ids, encoded):
+                runner.decode(e, np.arange(len(e), dtype=np.int32), np.full(len(e), s, np.int32),
+                              np.arange(len(e)) == len(e) - 1)
+            prefill = time.perf_counter() - t0
+            pos = np.array([len(e) for e in encoded], dtype=np.int32)
+            times = []
+            for _ in range(10):
+                t0 = time.perf_counter()
+                runner.decode(np.full(n, 100, np.int32), pos, np.array(ids, np.int32), np.ones(n, bool))
+                times.append(time.perf_counter() - t0)
+                pos += 1
+            speed = "-"
+            if stride == 1:  # generate_greedy keeps its ids consecutive: the strided layout is a probe only
+                all_prompts = [p.prompt for p in load_problems(16)]
+                t0 = time.perf_counter()
+                gens = generate_greedy(runner, all_prompts, max_new_tokens=256, stops=HUMANEVAL_STOPS)
+                speed = f"{sum(g.n_tokens for g in gens) / (time.perf_counter() - t0):.0f}"
+        rows.append(f"| {name} | {label} | {n} | {prefill:.2f} | {1000 * float(np.median(times[2:])):.1f} | "
+                    f"{speed} |")
     return rows
 
 
@@ -158,13 +223,26 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, path in ms.items() if args.only in (None, "ppl") else ():
         print(bench_perplexity(binary, name, path, args.ctx, args.chunks))
-    print("\n#### Generation: batched (n sequences per context) vs one-at-a-time create_completion\n")
-    print("| model | sequences per context | prompts x new tokens | batched tokens/s | create_completion tokens/s "
-          "| speed-up |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, path in ms.items() if args.only in (None, "generation") else ():
-        for row in bench_generation(name, path):
-            print(row)
+    if args.only in (None, "generation"):
+        print("\n#### Generation: batched (n sequences per context) vs one-at-a-time create_completion\n")
+        print("| model | protocol | sequences per context | tokens (batched / one-at-a-time) | batched tokens/s | "
+              "create_completion tokens/s | wall s (batched / one-at-a-time) | speed-up |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        for name, path in ms.items():
+            for row in bench_generation(name, path):
+                print(row)
+        print("\n#### Decode step cost by sequences per step (median of 8 steps)\n")
+        print("| model | sequences | ms per step | ms per token | ms per step without logits | output projection ms |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, path in ms.items():
+            for row in bench_step_costs(name, path):
+                print(row)
+        print("\n#### KV layout: prefill, one decode step after it (median of 8), humaneval-protocol generation\n")
+        print("| model | KV layout | sequences | prefill s | ms per step | generation tokens/s (16 prompts) |")
+        print("|---|---|---:|---:|---:|---:|")
+        for name, path in ms.items():
+            for row in bench_kv_layouts(name, path):
+                print(row)
     if args.models in ("tiny", "all") and args.only in (None, "topk"):
         print("\n#### Top-K KLD (reference keeps K tokens + the rest mass) vs full-vocabulary KLD\n")
         print("| model | K | top-K KLD | full KLD | underestimate |")

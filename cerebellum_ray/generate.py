@@ -36,70 +36,129 @@ def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def _prefill(runner: LlamaRunner, prompts: list[np.ndarray]) -> np.ndarray:
-    """Feed every prompt as its own sequence; return each prompt's last-position logits (copied)."""
+def _prefill_argmax(runner: LlamaRunner, prompts: list[np.ndarray], seq_ids: list[int]) -> np.ndarray:
+    """Feed each prompt as sequence seq_ids[i]; return the greedy next token after each prompt."""
     toks = np.concatenate(prompts)
     pos = np.concatenate([np.arange(len(p), dtype=np.int32) for p in prompts])
-    seq = np.concatenate([np.full(len(p), s, dtype=np.int32) for s, p in enumerate(prompts)])
+    seq = np.concatenate([np.full(len(p), s, dtype=np.int32) for s, p in zip(seq_ids, prompts)])
     want = np.concatenate([np.arange(len(p)) == len(p) - 1 for p in prompts])
-    last = np.empty((len(prompts), runner.n_vocab), dtype=np.float32)
+    owner = np.concatenate([np.full(len(p), i) for i, p in enumerate(prompts)])
+    nxt = np.empty(len(prompts), dtype=np.int32)
     for a in range(0, len(toks), runner.n_batch):
         sl = slice(a, a + runner.n_batch)
         logits = runner.decode(toks[sl], pos[sl], seq[sl], want[sl])
-        last[seq[sl][want[sl]]] = logits
-    return last
+        nxt[owner[sl][want[sl]]] = logits.argmax(axis=1)
+    return nxt
+
+
+class _Completion:
+    """One prompt's generation in progress: its tokens, its text and why it ended."""
+
+    def __init__(self, n_prompt: int):
+        self.position = n_prompt  # position of the next token fed to the model
+        self.tokens: list[int] = []
+        self.text = b""
+        self.stopped_by = ""
+
+    def accept(self, runner: LlamaRunner, token: int, stops: Sequence[str], max_new_tokens: int) -> bool:
+        """Take the greedy token; False when the completion ended (it is then not fed back)."""
+        if runner.is_end_of_generation(token):
+            self.stopped_by = "eog"
+            return False
+        self.tokens.append(token)
+        self.text += runner.piece(token)
+        if stops and _cut_at_stop(self.text.decode("utf-8", errors="ignore"), stops)[1]:
+            self.stopped_by = "stop"
+            return False
+        if len(self.tokens) >= max_new_tokens:
+            self.stopped_by = "length"
+            return False
+        return True
+
+    def result(self, stops: Sequence[str]) -> Generation:
+        text, _ = _cut_at_stop(self.text.decode("utf-8", errors="replace"), stops)
+        return Generation(text, tuple(self.tokens), self.stopped_by)
 
 
 def generate_greedy(runner: LlamaRunner, prompts: Sequence[str], max_new_tokens: int = 256,
                     stops: Sequence[str] = HUMANEVAL_STOPS, add_bos: bool = True) -> list[Generation]:
-    """Greedy completions of `prompts`, runner.config.n_seq at a time in one context."""
-    results: list[Generation] = []
-    group = runner.config.n_seq
-    for g in range(0, len(prompts), group):
-        results.extend(_generate_group(runner, list(prompts[g : g + group]), max_new_tokens, stops, add_bos))
-    return results
+    """Greedy completions of `prompts` with continuous batching over runner.config.n_seq sequence slots.
 
-
-def _generate_group(runner, prompts, max_new_tokens, stops, add_bos) -> list[Generation]:
+    Every decode step advances each running completion by one token, logits only for those positions. A finished
+    completion frees its slot for the next waiting prompt; once no prompt waits, the highest running slot moves into
+    each hole so that the running slots stay 0..k-1: llama.cpp decodes a batch as one ubatch only while its sequence
+    ids are consecutive (a step over ids 0, 2, 4, ... costs as much as two steps).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
     encoded = [runner.tokenize(p, add_bos=add_bos) for p in prompts]
-    too_long = [i for i, e in enumerate(encoded) if len(e) + max_new_tokens > runner.config.n_ctx]
-    if too_long:
-        raise ValueError(f"prompt {too_long[0]} has {len(encoded[too_long[0]])} tokens: with {max_new_tokens} new "
-                         f"tokens it exceeds the context of {runner.config.n_ctx}")
+    for i, e in enumerate(encoded):
+        if len(e) + max_new_tokens > runner.config.n_ctx:
+            raise ValueError(f"prompt {i} has {len(e)} tokens: with {max_new_tokens} new tokens it exceeds the "
+                             f"context of {runner.config.n_ctx} per sequence")
+    completions = [_Completion(len(e)) for e in encoded]
+    batch = _Slots(runner, runner.config.n_seq)
+    waiting = list(range(len(prompts)))[::-1]
     runner.clear()
-    logits = _prefill(runner, encoded)
-    n = len(prompts)
-    generated: list[list[int]] = [[] for _ in range(n)]
-    texts = [b"" for _ in range(n)]
-    stopped = [""] * n
-    active = np.arange(n)
-    positions = np.array([len(e) for e in encoded], dtype=np.int32)
-    for _ in range(max_new_tokens):
-        next_tokens = logits.argmax(axis=1)
-        still = []
-        for row, s in enumerate(active.tolist()):
-            tok = int(next_tokens[row])
-            if runner.is_end_of_generation(tok):
-                stopped[s] = "eog"
-                continue
-            generated[s].append(tok)
-            texts[s] += runner.piece(tok)
-            if _cut_at_stop(texts[s].decode("utf-8", errors="ignore"), stops)[1]:
-                stopped[s] = "stop"
-                continue
-            still.append(row)
-        active_rows = np.array(still, dtype=np.int64)
-        if len(active_rows) == 0:
+    while True:
+        while waiting and batch.free():
+            admitted = [(s, waiting.pop()) for s in batch.free()[: len(waiting)]]
+            for s, _ in admitted:
+                runner.remove_sequence(s)  # a prompt that ended at its first token left its cells behind
+            firsts = _prefill_argmax(runner, [encoded[i] for _, i in admitted], [s for s, _ in admitted])
+            for (s, i), tok in zip(admitted, firsts.tolist()):
+                if completions[i].accept(runner, tok, stops, max_new_tokens):
+                    batch.start(s, i, tok)
+        if not waiting:
+            batch.compact()
+        running = batch.running()
+        if not running:
             break
-        active = active[active_rows]
-        feed = next_tokens[active_rows].astype(np.int32)
-        logits = np.array(runner.decode(feed, positions[active], active.astype(np.int32), np.ones(len(active), bool)))
-        positions[active] += 1
-    out = []
-    for s in range(n):
-        text, _ = _cut_at_stop(texts[s].decode("utf-8", errors="replace"), stops)
-        out.append(Generation(text, tuple(generated[s]), stopped[s] or "length"))
-    return out
+        feed = np.array([batch.feed[s] for s in running], dtype=np.int32)
+        positions = np.array([completions[batch.prompt[s]].position for s in running], dtype=np.int32)
+        logits = runner.decode(feed, positions, np.array(running, dtype=np.int32), np.ones(len(running), bool))
+        for s, tok in zip(running, logits.argmax(axis=1).tolist()):
+            c = completions[batch.prompt[s]]
+            c.position += 1
+            if c.accept(runner, tok, stops, max_new_tokens):
+                batch.feed[s] = tok
+            else:
+                batch.finish(s)
+    return [c.result(stops) for c in completions]
+
+
+class _Slots:
+    """Which prompt runs as which sequence id, and the accepted token each running sequence is fed next."""
+
+    def __init__(self, runner: LlamaRunner, n_slots: int):
+        self.runner = runner
+        self.prompt: list[int | None] = [None] * n_slots
+        self.feed: dict[int, int] = {}
+
+    def free(self) -> list[int]:
+        return [s for s, p in enumerate(self.prompt) if p is None]
+
+    def running(self) -> list[int]:
+        return [s for s, p in enumerate(self.prompt) if p is not None]
+
+    def start(self, slot: int, prompt: int, token: int) -> None:
+        self.prompt[slot], self.feed[slot] = prompt, token
+
+    def finish(self, slot: int) -> None:
+        self.prompt[slot] = None
+        self.feed.pop(slot, None)
+        self.runner.remove_sequence(slot)
+
+    def compact(self) -> None:
+        """Move the highest running sequence into the lowest free slot until the running ones are 0..k-1."""
+        while True:
+            free, running = self.free(), self.running()
+            if not free or not running or free[0] > running[-1]:
+                return
+            hole, top = free[0], running[-1]
+            self.runner.move_sequence(top, hole)
+            self.prompt[hole], self.prompt[top] = self.prompt[top], None
+            self.feed[hole] = self.feed.pop(top)
 
 
 def continuation_logprobs(runner: LlamaRunner, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, int]]:

@@ -52,6 +52,7 @@ class RunnerConfig:
     n_batch: int | None = None  # tokens per decode call (default n_ctx * n_seq)
     n_gpu_layers: int | None = None  # None: all layers when a GPU is visible, else 0
     n_threads: int | None = None
+    kv_unified: bool = False  # True: one KV cache shared by all sequences (each token attends to all, masked)
 
 
 class LlamaRunner:
@@ -77,6 +78,10 @@ class LlamaRunner:
         cparams.n_batch = self.n_batch
         cparams.n_ubatch = min(self.n_batch, 512)
         cparams.n_seq_max = config.n_seq
+        # default, one KV stream per sequence: a token attends only to its own sequence's cells, not to every cell
+        # of every sequence under a mask (bench/RESULTS.md: faster steps and prefill at 8-16 sequences). llama.cpp
+        # then decodes a batch in one ubatch only while its sequence ids are consecutive: see generate.py.
+        cparams.kv_unified = config.kv_unified
         threads = config.n_threads or os.cpu_count() or 1
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
@@ -127,6 +132,12 @@ class LlamaRunner:
 
     def remove_sequence(self, seq_id: int) -> None:
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
+
+    def move_sequence(self, src: int, dst: int) -> None:
+        """Give sequence `src`'s cached tokens to sequence id `dst` (whose own are dropped); `src` ends empty."""
+        llama_cpp.llama_memory_seq_rm(self.memory, dst, -1, -1)
+        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+        llama_cpp.llama_memory_seq_rm(self.memory, src, -1, -1)
 
     def decode(self, tokens, positions, seq_ids, want_logits) -> np.ndarray:
         """Decode one batch; returns logits (n_outputs, n_vocab) for the entries with want_logits, in order.

@@ -26,16 +26,42 @@ def _full_logits(runner, tokens):
     return np.array(runner.decode(tokens, np.arange(n), 0, np.ones(n, bool)), dtype=np.float64)
 
 
-def test_batched_greedy_generation_is_greedy(runner):
-    gens = generate_greedy(runner, PROMPTS, max_new_tokens=24, stops=())
-    assert len(gens) == len(PROMPTS) and all(g.n_tokens > 0 for g in gens)
-    for prompt, gen in zip(PROMPTS, gens):
+def _assert_greedy(runner, prompts, gens):
+    for prompt, gen in zip(prompts, gens):
         prompt_tokens = runner.tokenize(prompt)
         chosen = np.array(gen.tokens, dtype=np.int32)
         full = np.concatenate([prompt_tokens, chosen])
         rows = _full_logits(runner, full)[len(prompt_tokens) - 1 : len(full) - 1]
         gap = rows.max(axis=1) - rows[np.arange(len(chosen)), chosen]
         assert gap.max() < 1e-2  # each token was the argmax (up to float noise between batch layouts)
+
+
+def test_batched_greedy_generation_is_greedy(runner):
+    gens = generate_greedy(runner, PROMPTS, max_new_tokens=24, stops=())
+    assert len(gens) == len(PROMPTS) and all(g.n_tokens > 0 for g in gens)
+    assert all(g.stopped_by == "eog" or (g.n_tokens == 24 and g.stopped_by == "length") for g in gens)
+    _assert_greedy(runner, PROMPTS, gens)
+
+
+def test_continuous_batching_refills_and_compacts_slots(runner, tiny_models, monkeypatch):
+    """More prompts than slots and completions of different lengths: finished slots take waiting prompts, then the
+    running sequences are moved down to ids 0..k-1; every token must still be the greedy one for its own prompt."""
+    moves = []
+    real_move = runner.move_sequence
+    monkeypatch.setattr(runner, "move_sequence", lambda src, dst: (moves.append((src, dst)), real_move(src, dst)))
+    prompts = PROMPTS + [f"x = {i} * y" for i in range(5)]
+    stops = ("e",)
+    gens = generate_greedy(runner, prompts, max_new_tokens=40, stops=stops)
+    lengths = {g.n_tokens for g in gens}
+    assert len(lengths) > 2 and {g.stopped_by for g in gens} >= {"stop"}  # the lengths differ: slots free unevenly
+    assert moves, "no sequence was moved: the compaction path was not exercised"
+    for g in gens:
+        assert "e" not in g.text
+    _assert_greedy(runner, prompts, gens)
+    # the same prompts one at a time in a single-sequence context give the same completions
+    with LlamaRunner(tiny_models["llama"], RunnerConfig(n_ctx=192, n_seq=1)) as single:
+        alone = generate_greedy(single, prompts, max_new_tokens=40, stops=stops)
+    assert [g.text for g in alone] == [g.text for g in gens]
 
 
 def test_generation_cuts_at_stop_sequences(runner):
