@@ -1,7 +1,11 @@
 """The model card's ablation procedure, automated.
 
+Every step is a map relative to the space's base preset itself (a partial point: the moved dimensions set, every
+other tensor at the preset's type), so the base is the preset exactly even where it gives the tensors of one
+dimension different types (Q4_K_M's use_more_bits layers), as in the card.
+
 Phases (each a batch of trials run in parallel on Ray Tune, every trial stored with a label):
-  0. base        - the space's base map.
+  0. base        - the space's base map (the preset).
   1. groups      - every dimension moved alone, as a whole, to each candidate type.
   2. layers      - for a per-layer dimension whose group move to a cheaper type cost quality (a "mixed" result:
                    smaller but worse), each layer moved alone to that type.
@@ -10,7 +14,8 @@ Phases (each a batch of trials run in parallel on Ray Tune, every trial stored w
   4. final       - the accepted moves stacked: every group or layer move that kept quality (mean KLD within 2
                    standard errors of the base, or better) while saving bytes, every promotion that improved KLD
                    by more than 2 standard errors, and the single best router move if it improved KLD.
-Points already measured under the same evaluation are answered from the store (this also makes a rerun resume).
+Maps already measured under the same evaluation (same map digest) are answered from the store, whichever strategy
+measured them (this also makes a rerun resume).
 The summary table mirrors the card's: move, tensors, KLD change, size change, decision.
 """
 
@@ -26,10 +31,11 @@ from collections.abc import Mapping
 
 from . import store
 from .catalog import load_catalog
-from .ggml_types import TYPES
+from .precision_map import PrecisionMap
 from .space import SearchSpace
 
 TOLERANCE_SE = 2.0
+REFERENCE_KLD = 1e-6  # a base this close to its reference is the reference itself (float noise, not quantization)
 
 
 @dataclass(frozen=True)
@@ -39,23 +45,28 @@ class Move:
     dimension: str
     params: tuple[str, ...]
     type: str
+    n_tensors: int = 0
 
 
 def _point_key(point: Mapping[str, int]) -> str:
     return json.dumps(dict(sorted(point.items())))
 
 
-def _with(space: SearchSpace, base: Mapping[str, int], params, type_name: str) -> dict[str, int] | None:
-    point = dict(base)
+def _move(space: SearchSpace, base_map: PrecisionMap, params, type_name: str) -> dict[str, int] | None:
+    """The partial point setting `params` to `type_name`; None if a dimension lacks that candidate or the move
+    changes no tensor of the base map."""
+    point = {}
+    changes = False
     for p in params:
-        dim = next(d for d in space.dimensions if d.param == p)
+        dim = space.dimension(p)
         if type_name not in dim.types:
             return None
         point[p] = dim.types.index(type_name)
-    return point if point != dict(base) else None
+        changes = changes or any(base_map.types[t] != type_name for t in dim.tensors)
+    return point if changes else None
 
 
-def group_moves(space: SearchSpace, base: Mapping[str, int]) -> list[tuple[Move, dict[str, int]]]:
+def group_moves(space: SearchSpace, base_map: PrecisionMap) -> list[tuple[Move, dict[str, int]]]:
     out = []
     names = dict.fromkeys(d.dimension for d in space.dimensions)
     for name in names:
@@ -63,19 +74,20 @@ def group_moves(space: SearchSpace, base: Mapping[str, int]) -> list[tuple[Move,
         if name.startswith("router") and len(dims) > 1:
             continue
         for t in dims[0].types:
-            point = _with(space, base, [d.param for d in dims], t)
+            point = _move(space, base_map, [d.param for d in dims], t)
             if point is not None:
-                out.append((Move(f"group {name}={t}", "group", name, tuple(d.param for d in dims), t), point))
+                n = sum(len(d.tensors) for d in dims)
+                out.append((Move(f"group {name}={t}", "group", name, tuple(d.param for d in dims), t, n), point))
     return out
 
 
-def single_moves(space: SearchSpace, base: Mapping[str, int], name: str, types, kind: str):
+def single_moves(space: SearchSpace, base_map: PrecisionMap, name: str, types, kind: str):
     out = []
     for d in (d for d in space.dimensions if d.dimension == name):
         for t in types:
-            point = _with(space, base, [d.param], t)
+            point = _move(space, base_map, [d.param], t)
             if point is not None:
-                out.append((Move(f"{kind} {d.param}={t}", kind, name, (d.param,), t), point))
+                out.append((Move(f"{kind} {d.param}={t}", kind, name, (d.param,), t, len(d.tensors)), point))
     return out
 
 
@@ -92,45 +104,59 @@ def run_ablation(opts):
     from .precision_map import resolve
 
     base_map = resolve(catalog, space.base)
-    base = space.base_point(base_map)
-    runner = _BatchRunner(ctx, opts, resources, store_dir)
-    mixed = [d.param for d in space.dimensions if len({base_map.types[t] for t in d.tensors}) > 1]
-    if mixed:
-        # a per-group dimension whose tensors the preset gives different types (e.g. Q4_K_M's use_more_bits layers)
-        # cannot hold the preset exactly: the ablation's base is then the space point nearest to the preset
-        print(f"warning: the base preset {space.base.base} gives the tensors of {', '.join(mixed)} different types; "
-              "the ablation starts from the nearest point of the space (make those dimensions per layer to start "
-              "from the preset itself)", file=sys.stderr)
-
+    key = _MapKeys(space, catalog)
+    runner = _BatchRunner(ctx, opts, resources, store_dir, key)
+    base: dict[str, int] = {}  # the preset itself
     results = runner.run([(Move("base", "base", "", (), ""), base)], "base")
-    base_result = results[_point_key(base)]
-    phase1 = group_moves(space, base)
+    base_result = results.get(key(base))
+    if base_result is None:
+        raise RuntimeError(f"the base map ({space.base.base or space.base.like}) failed to build or score: see the "
+                           f"failed row of study {opts.study} in {store_dir}; the ablation needs it as its anchor")
+    if base_result["kld"] <= REFERENCE_KLD:
+        print(f"warning: the base map ({_base_name(space)}) is the KLD reference itself "
+              f"(KLD {base_result['kld']:.1e}): every move takes the model away from the reference and costs KLD, so "
+              "none can be kept; quantize from a higher-precision source (BF16/F16) or score against a better "
+              "reference (--reference)",
+              file=sys.stderr)
+    phase1 = group_moves(space, base_map)
     results.update(runner.run(phase1, "groups"))
     phase2 = []
     for move, point in phase1:
-        r = results.get(_point_key(point))
+        r = results.get(key(point))
         dims = [d for d in space.dimensions if d.dimension == move.dimension]
-        if r and len(dims) > 1 and _cheaper(move, base_map, dims) and not _tolerated(r, base_result):
-            phase2.extend(single_moves(space, base, move.dimension, [move.type], "layer"))
+        if r and len(dims) > 1 and r["size_bytes"] < base_result["size_bytes"] and not _tolerated(r, base_result):
+            phase2.extend(single_moves(space, base_map, move.dimension, [move.type], "layer"))
     results.update(runner.run(phase2, "layers"))
     routers = [name for name in dict.fromkeys(d.dimension for d in space.dimensions) if name.startswith("router")]
     phase3 = [m for name in routers for m in single_moves(
-        space, base, name, next(d for d in space.dimensions if d.dimension == name).types, "router")]
+        space, base_map, name, next(d for d in space.dimensions if d.dimension == name).types, "router")]
     results.update(runner.run(phase3, "routers"))
 
-    decisions, final_point = decide(space, base, base_map, base_result, phase1, phase2, phase3, results)
+    decisions, final_point = decide(base_result, phase1, phase2, phase3, results, key)
     if final_point != base:
         results.update(runner.run([(Move("final", "final", "", (), ""), final_point)], "final"))
-    table = summary_table(decisions, base_result, results.get(_point_key(final_point)))
+    table = summary_table(decisions, base_result, results.get(key(final_point)), _base_name(space))
     (store_dir / f"{opts.study}-ablation.md").write_text(table)
     print(table)
-    n = len({_point_key(p) for _, p in [(None, base)] + phase1 + phase2 + phase3})
+    n = len({key(p) for _, p in [(None, base)] + phase1 + phase2 + phase3})
     return SearchResult(opts.study, str(store_dir), str(store_dir / "_tune"), n, {})
 
 
-def _cheaper(move: Move, base_map, dims) -> bool:
-    current = base_map.types[dims[0].tensors[0]]
-    return TYPES[move.type].bits_per_weight < TYPES[current].bits_per_weight
+def _base_name(space: SearchSpace) -> str:
+    return space.base.base or (f"like {space.base.like}" if space.base.like else "the base map")
+
+
+class _MapKeys:
+    """A point's map digest (memoized): results are matched by the map they measured, not by how it was named."""
+
+    def __init__(self, space: SearchSpace, catalog):
+        self.space, self.catalog, self._memo = space, catalog, {}
+
+    def __call__(self, point: Mapping[str, int]) -> str:
+        k = _point_key(point)
+        if k not in self._memo:
+            self._memo[k] = self.space.map_for(self.catalog, point).digest
+        return self._memo[k]
 
 
 def _tolerated(r: Mapping[str, Any], base: Mapping[str, Any]) -> bool:
@@ -143,18 +169,19 @@ def _improves(r: Mapping[str, Any], base: Mapping[str, Any]) -> bool:
     return r["kld"] < base["kld"] - TOLERANCE_SE * se
 
 
-def decide(space, base, base_map, base_result, phase1, phase2, phase3, results):
-    """Keep-if-better: returns [(move, result, decision)] and the stacked final point.
+def decide(base_result, phase1, phase2, phase3, results, key=_point_key):
+    """Keep-if-better: returns [(move, result, decision)] and the stacked final (partial) point.
 
     Per-layer results come first (a layer that tolerates a cheaper type gets it); kept group moves then fill the
-    parameters still at their base value, best KLD first; routers contribute only their single best move.
+    parameters not already set per layer, best KLD first; routers contribute only their single best move.
+    `results` maps key(point) to a stored result.
     """
     decisions: dict[Move, tuple[Any, str]] = {}
-    final = dict(base)
+    final: dict[str, int] = {}
     layered = {m.dimension for m, _ in phase2}
 
     def result_of(point):
-        r = results.get(_point_key(point))
+        r = results.get(key(point))
         return r if r is not None and r.get("kld") is not None else None
 
     for move, point in phase2:
@@ -180,7 +207,7 @@ def decide(space, base, base_map, base_result, phase1, phase2, phase3, results):
         else:
             decisions[move] = (r, "reject")
     for _, move, point in sorted(kept_groups, key=lambda x: x[0]):
-        free = [p for p in move.params if final[p] == base[p]]
+        free = [p for p in move.params if p not in final]
         if free:
             final.update({p: point[p] for p in free})
             note = "keep" if len(free) == len(move.params) else f"keep for the {len(free)} layers not set per layer"
@@ -201,34 +228,43 @@ def decide(space, base, base_map, base_result, phase1, phase2, phase3, results):
     return ordered, final
 
 
-def summary_table(decisions, base_result, final_result) -> str:
+def _kld_change(kld: float, base_kld: float) -> str:
+    """Relative change, or the absolute one when the base is the reference itself (KLD ~ 0)."""
+    if base_kld > REFERENCE_KLD:
+        return f"{100 * (kld - base_kld) / base_kld:+.1f}%"
+    return f"{kld - base_kld:+.5f} (abs.)"
+
+
+def summary_table(decisions, base_result, final_result, base_name: str = "the base map") -> str:
     lines = ["| move | tensors | KLD | KLD change | size change | decision |", "|---|---:|---:|---:|---:|---|"]
     b_kld, b_size = base_result["kld"], base_result["size_bytes"]
-    lines.append(f"| base (the space point nearest the base preset) | | {b_kld:.5f} | | | |")
+    lines.append(f"| base ({base_name}) | | {b_kld:.5f} | | | |")
     for move, r, decision in decisions:
         if r is None or r.get("kld") is None:
-            lines.append(f"| {move.label} | {len(move.params)} | | | | {decision} |")
+            lines.append(f"| {move.label} | {move.n_tensors} | | | | {decision} |")
             continue
-        lines.append(f"| {move.label} | {len(move.params)} | {r['kld']:.5f} | {100 * (r['kld'] - b_kld) / b_kld:+.1f}% "
+        lines.append(f"| {move.label} | {move.n_tensors} | {r['kld']:.5f} | {_kld_change(r['kld'], b_kld)} "
                      f"| {100 * (r['size_bytes'] - b_size) / b_size:+.2f}% | {decision} |")
     if final_result:
         lines.append(f"| **final (stacked)** | | {final_result['kld']:.5f} | "
-                     f"{100 * (final_result['kld'] - b_kld) / b_kld:+.1f}% | "
+                     f"{_kld_change(final_result['kld'], b_kld)} | "
                      f"{100 * (final_result['size_bytes'] - b_size) / b_size:+.2f}% | |")
     return "\n".join(lines) + "\n"
 
 
 class _BatchRunner:
-    """Runs a list of labelled points as one Ray Tune experiment (grid over the points), skipping known ones."""
+    """Runs a list of labelled (partial) points as one Ray Tune experiment (grid over the points), skipping maps
+    already measured under this evaluation."""
 
-    def __init__(self, ctx, opts, resources, store_dir: Path):
-        self.ctx, self.opts, self.resources, self.store_dir = ctx, opts, resources, store_dir
+    def __init__(self, ctx, opts, resources, store_dir: Path, key: _MapKeys):
+        self.ctx, self.opts, self.resources, self.store_dir, self.key = ctx, opts, resources, store_dir, key
 
     def known(self) -> dict[str, dict[str, Any]]:
+        """map digest -> stored complete row of this study under this evaluation."""
         out = {}
         for row in store.rows(self.store_dir, [self.ctx.study]):
-            if row["status"] == "complete" and row["eval_hash"] == self.ctx.eval_hash and row["params"]:
-                out[_point_key(json.loads(row["params"]))] = row
+            if row["status"] == "complete" and row["eval_hash"] == self.ctx.eval_hash and row["map_hash"]:
+                out[row["map_hash"]] = row
         return out
 
     def run(self, moves, phase: str) -> dict[str, dict[str, Any]]:
@@ -240,10 +276,10 @@ class _BatchRunner:
         known = self.known()
         todo = {}
         for move, point in moves:
-            if _point_key(point) not in known:
-                todo.setdefault(_point_key(point), (move, point))
+            if self.key(point) not in known:
+                todo.setdefault(self.key(point), (move, point))
         if todo:
-            labels = {k: m.label for k, (m, _) in todo.items()}
+            labels = {_point_key(p): m.label for m, p in todo.values()}
             trainable = tune.with_resources(tune.with_parameters(ray_trainable, ctx=self.ctx), self.resources)
             name = f"{self.ctx.study}-{phase}-{int(time.time())}"
             tune.Tuner(
@@ -256,4 +292,4 @@ class _BatchRunner:
                     failure_config=tune.FailureConfig(max_failures=self.opts.max_failures), verbose=0),
             ).fit()
             known = self.known()
-        return {k: known[k] for k in (_point_key(p) for _, p in moves) if k in known}
+        return {k: known[k] for k in (self.key(p) for _, p in moves) if k in known}

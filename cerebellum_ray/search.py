@@ -219,14 +219,21 @@ def _constraint_excess(space: SearchSpace, tensor_bytes_: int, catalog) -> float
 
 
 def warm_start_points(store_dir: str, studies, ctx: TrialContext) -> list[tuple[dict[str, int], list[float]]]:
-    """(point, objective values) of the complete trials of `studies` measured under this evaluation and space."""
+    """(point, objective values) of the complete trials of `studies` measured under this evaluation whose map is
+    a point of this space (read from the stored map; an ablation step relative to a preset whose types vary within
+    a dimension is not, and is left out)."""
     params = {d.param for d in ctx.space.dimensions}
+    catalog = None
     out = []
     for row in store.rows(store_dir, list(studies)):
-        if row["status"] != "complete" or row["eval_hash"] != ctx.eval_hash or not row["params"]:
+        if row["status"] != "complete" or row["eval_hash"] != ctx.eval_hash:
             continue
-        point = json.loads(row["params"])
-        if set(point) != params:
+        if row.get("map"):
+            catalog = catalog or load_catalog(ctx.source)
+            point = ctx.space.point_of_map(catalog, dict(row["map"]))
+        else:
+            point = json.loads(row["params"]) if row["params"] else None
+        if point is None or set(point) != params:
             continue
         metrics = {**row, "size": row["size_bytes"] / 1e9, "mc": row.get("mc_acc")}
         if all(metrics.get(o) is not None for o in ctx.space.objectives):
@@ -315,9 +322,9 @@ def _make_callbacks(ctx: TrialContext, opts: SearchOptions, strategy: str, label
 
                 spec = trial.config["__map"]
                 return spec, spec.get("label"), map_from_spec(ctx, spec)
-            source = trial.config.get("__point") or trial.config
+            source = trial.config["__point"] if "__point" in trial.config else trial.config
             point = {d.param: int(source[d.param]) for d in ctx.space.dimensions if d.param in source}
-            pmap = ctx.space.map_for(catalog, point) if len(point) == len(ctx.space.dimensions) else None
+            pmap = ctx.space.map_for(catalog, point)
             return point, (labels or {}).get(json.dumps(point, sort_keys=True)), pmap
 
         def _row(self, trial, status: str, error: str | None = None) -> dict[str, Any]:

@@ -81,6 +81,12 @@ class SearchSpace:
     def directions(self) -> tuple[str, ...]:
         return tuple(OBJECTIVE_DIRECTIONS[o] for o in self.objectives)
 
+    def dimension(self, param: str) -> Dimension:
+        for d in self.dimensions:
+            if d.param == param:
+                return d
+        raise SpaceError(f"space {self.name} has no parameter {param!r}")
+
     def base_point(self, base_map: PrecisionMap) -> dict[str, int]:
         """The point closest to the base map: each dimension at its base type if it is a candidate, else the
         candidate nearest in bits per weight."""
@@ -93,8 +99,15 @@ class SearchSpace:
         return point
 
     def rules_for(self, point: Mapping[str, int]) -> tuple[Rule, ...]:
+        """Rules setting each dimension of `point` to its chosen type. A partial point (some dimensions) leaves the
+        other tensors at the base map's types: the ablation's moves relative to the base preset itself."""
+        unknown = set(point) - {d.param for d in self.dimensions}
+        if unknown:
+            raise SpaceError(f"point names {sorted(unknown)[0]!r}, not a parameter of space {self.name}")
         rules = []
         for d in self.dimensions:
+            if d.param not in point:
+                continue
             idx = int(point[d.param])
             if not 0 <= idx < len(d.types):
                 raise SpaceError(f"dimension {d.param}: index {idx} outside its {len(d.types)} candidate types")
@@ -105,6 +118,18 @@ class SearchSpace:
         spec = MapSpec(rules=self.rules_for(point), base=self.base.base, like=self.base.like,
                        fallback=self.base.fallback)
         return resolve(catalog, spec, has_imatrix=has_imatrix)
+
+    def point_of_map(self, catalog: ModelCatalog, types: Mapping[str, str]) -> dict[str, int] | None:
+        """The full point whose map is exactly `types` (tensor -> type), or None when no point gives that map: a
+        dimension's tensors differ in type or hold a type outside its candidates, or a tensor outside every
+        dimension differs from the base map."""
+        point = {}
+        for d in self.dimensions:
+            chosen = {types.get(t) for t in d.tensors}
+            if len(chosen) != 1 or next(iter(chosen)) not in d.types:
+                return None
+            point[d.param] = d.types.index(next(iter(chosen)))
+        return point if dict(self.map_for(catalog, point).types) == dict(types) else None
 
 
 # ---- parsing -----------------------------------------------------------------------------------------------------

@@ -183,8 +183,10 @@ def ray_trainable(config: dict, ctx: TrialContext) -> None:
     if "__map" in config:
         evaluate_map(ctx, map_from_spec(ctx, config["__map"]), tune.report)
         return
-    source = config.get("__point") or config
-    point = {d.param: int(source[d.param]) for d in ctx.space.dimensions}
+    if "__point" in config:  # an ablation step: a point, possibly partial (the other tensors keep the preset's types)
+        point = {p: int(v) for p, v in config["__point"].items()}
+    else:
+        point = {d.param: int(config[d.param]) for d in ctx.space.dimensions}
     evaluate_point(ctx, point, tune.report)
 
 

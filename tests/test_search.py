@@ -175,3 +175,38 @@ def test_ablation_results_warm_start_an_optuna_study(tiny_models, tmp_path):
     trials = searcher._ot_study.get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert trials[0].values == [0.5, 0.005] and trials[1].params["attn_k"] == 1
+
+
+def test_ablation_runs_from_the_preset_itself_and_resumes(local_ray, tiny_models, tmp_path):
+    """The whole ablation on Ray: the base row is the preset's map exactly (Q4_K_M mixes attn_v types across
+    layers, which no point of a per-group dimension can hold), every move changes only its own tensors, the summary
+    is written, and a rerun answers every step from the store."""
+    from cerebellum_ray.catalog import load_catalog
+    from cerebellum_ray.precision_map import MapSpec, resolve
+
+    space_file = tmp_path / "mixed.yaml"
+    space_file.write_text(
+        "name: mixed\nbase: Q4_K_M\nobjectives: [kld, size]\n"
+        "dimensions:\n"
+        "  - {name: attn_v, select: {group: attn_v}, per: group, types: [Q4_K, Q6_K]}\n"
+        "  - {name: attn_k, select: {group: attn_k}, per: group, types: [Q3_K, Q4_K]}\n"
+        "evaluation: {ctx: 128, chunks: 3, top_k: 64}\n")
+    opts = _opts(tiny_models, tmp_path, space_file=str(space_file), strategy="ablation", study="abl")
+    run_search(opts)
+    rows = {r["label"]: r for r in store.rows(opts.store_dir, ["abl"])}
+    cat = load_catalog(tiny_models["gemma4"])
+    preset = resolve(cat, MapSpec(base="Q4_K_M"))
+    assert dict(rows["base"]["map"]) == dict(preset.types)
+    assert len({preset.types[t.name] for t in cat.tensors if t.group == "attn_v"}) > 1
+    moves = {label: r for label, r in rows.items() if label.startswith("group ")}
+    assert set(moves) >= {"group attn_v=Q4_K", "group attn_v=Q6_K", "group attn_k=Q3_K"}
+    for label, r in moves.items():
+        group = label.split()[1].split("=")[0]
+        changed = {n for n, t in dict(r["map"]).items() if preset.types[n] != t}
+        assert changed and all(cat.by_name[n].group == group for n in changed), label
+        assert r["status"] == "complete" and r["kld"] > 0
+    summary = (Path(opts.store_dir) / "abl-ablation.md").read_text()
+    assert "| base (Q4_K_M) |" in summary and "group attn_v=Q6_K" in summary
+    n_rows = len(store.rows(opts.store_dir, ["abl"]))
+    run_search(opts)  # everything is known: no new trial
+    assert len(store.rows(opts.store_dir, ["abl"])) == n_rows
