@@ -22,6 +22,31 @@ export CEREBELLUM_WORK_DIR
 
 die() { echo "error: $*" >&2; exit 2; }
 
+# The options start-head.sh and start-worker.sh share. Sets NUM_GPUS NUM_CPUS NODE_IP DRY_RUN LOCAL_MODE,
+# EXTRA_ARGS (everything after --, for `ray start`) and POSITIONAL (the other arguments, e.g. the head address).
+parse_node_options() {
+    NUM_GPUS="" NUM_CPUS="" NODE_IP="" DRY_RUN=0 LOCAL_MODE=0
+    EXTRA_ARGS=() POSITIONAL=()
+    while (($#)); do
+        case "$1" in
+            --num-gpus|--num-cpus|--node-ip)
+                (($# >= 2)) || die "$1 needs a value"
+                set -- "$1=$2" "${@:3}"
+                continue ;;
+            --num-gpus=*) NUM_GPUS="${1#*=}" ;;
+            --num-cpus=*) NUM_CPUS="${1#*=}" ;;
+            --node-ip=*) NODE_IP="${1#*=}" ;;
+            --dry-run) DRY_RUN=1 ;;
+            --local) LOCAL_MODE=1 ;;
+            -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
+            --) shift; EXTRA_ARGS+=("$@"); break ;;
+            -*) die "unknown option $1 (pass ray start options after --)" ;;
+            *) POSITIONAL+=("$1") ;;
+        esac
+        shift
+    done
+}
+
 # Environment for the raylet and so for every worker process it starts (S3/MinIO credentials, proxies, ...).
 load_env_file() {
     local file="${CEREBELLUM_ENV_FILE:-/etc/cerebellum-ray/env}"

@@ -16,24 +16,11 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=cluster/common.sh
 . "$here/common.sh"
 
-num_gpus="" num_cpus="" node_ip="" dry_run=0 local_mode=0
+parse_node_options "$@"
+((${#POSITIONAL[@]} == 0)) || die "unexpected argument '${POSITIONAL[0]}' (pass ray start options after --)"
+num_gpus="$NUM_GPUS" num_cpus="$NUM_CPUS" node_ip="$NODE_IP" dry_run=$DRY_RUN local_mode=$LOCAL_MODE
+extra=("${EXTRA_ARGS[@]}")
 dashboard_host="${DASHBOARD_HOST:-0.0.0.0}"
-extra=()
-while (($#)); do
-    case "$1" in
-        --num-gpus) num_gpus="$2"; shift 2 ;;
-        --num-gpus=*) num_gpus="${1#*=}"; shift ;;
-        --num-cpus) num_cpus="$2"; shift 2 ;;
-        --num-cpus=*) num_cpus="${1#*=}"; shift ;;
-        --node-ip) node_ip="$2"; shift 2 ;;
-        --node-ip=*) node_ip="${1#*=}"; shift ;;
-        --dry-run) dry_run=1; shift ;;
-        --local) local_mode=1; shift ;;
-        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
-        --) shift; extra+=("$@"); break ;;
-        *) die "unknown option $1 (pass ray start options after --)" ;;
-    esac
-done
 
 load_env_file
 require_token_mode

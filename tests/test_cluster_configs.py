@@ -206,6 +206,30 @@ def test_start_worker(sandbox):
     assert call["RAY_AUTH_TOKEN"] == "t0k3n"
 
 
+@pytest.mark.parametrize("script,argv,message", [
+    ("start-head.sh", ["--dry-run", "--num-gpus"], "--num-gpus needs a value"),
+    ("start-head.sh", ["--dry-run", "10.0.0.10"], "unexpected argument '10.0.0.10'"),
+    ("start-head.sh", ["--dry-run", "--gpus", "1"], "unknown option --gpus"),
+    ("start-worker.sh", ["10.0.0.10", "10.0.0.11", "--dry-run"], "one head address"),
+    ("start-worker.sh", ["--dry-run"], "usage: start-worker.sh"),
+    ("start-worker.sh", ["10.0.0.10", "--dry-run", "--node-ip"], "--node-ip needs a value"),
+])
+def test_start_scripts_refuse_bad_arguments(sandbox, script, argv, message):
+    proc = sandbox.run(["bash", f"cluster/{script}", *argv], check=False)
+    assert proc.returncode == 2 and message in proc.stderr and sandbox.calls() == []
+
+
+def test_start_scripts_share_one_option_parser(sandbox):
+    """--opt VALUE and --opt=VALUE mean the same on both scripts (one parser in common.sh)."""
+    for script, head in (("start-head.sh", []), ("start-worker.sh", ["10.0.0.10"])):
+        spaced = dry_run_args(sandbox.run(["bash", f"cluster/{script}", *head, "--dry-run", "--num-gpus", "1",
+                                           "--num-cpus", "3", "--node-ip", "10.0.0.5", "--", "--temp-dir=/t"]).stdout)
+        joined = dry_run_args(sandbox.run(["bash", f"cluster/{script}", *head, "--dry-run", "--num-gpus=1",
+                                           "--num-cpus=3", "--node-ip=10.0.0.5", "--", "--temp-dir=/t"]).stdout)
+        assert spaced == joined
+        assert {"--num-gpus=1", "--num-cpus=3", "--node-ip-address=10.0.0.5", "--temp-dir=/t"} <= set(spaced)
+
+
 SEARCH = ["--space", "search_spaces/tiny-gemma4.yaml", "--source", "/models/m.gguf", "--study", "s1",
           "--store", "/shared/store", "--storage-path", "/shared/tune", "--gpus-per-trial", "0.25"]
 
