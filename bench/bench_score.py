@@ -205,6 +205,19 @@ def bench_topk(name: str, src: Path, quant: Path, n_ctx: int = 128, chunks: int 
     return rows
 
 
+GENERATION_TABLES = (
+    ("Generation: batched (n sequences per context) vs one-at-a-time create_completion",
+     ("model", "protocol", "sequences per context", "tokens (batched / one-at-a-time)", "batched tokens/s",
+      "create_completion tokens/s", "wall s (batched / one-at-a-time)", "speed-up"), bench_generation),
+    ("Decode step cost by sequences per step (median of 8 steps)",
+     ("model", "sequences", "ms per step", "ms per token", "ms per step without logits", "output projection ms"),
+     bench_step_costs),
+    ("KV layout: prefill, one decode step after it (median of 8), humaneval-protocol generation",
+     ("model", "KV layout", "sequences", "prefill s", "ms per step", "generation tokens/s (16 prompts)"),
+     bench_kv_layouts),
+)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--llama-perplexity", default="bench/out/llama.cpp/build/bin/llama-perplexity")
@@ -224,25 +237,13 @@ def main() -> None:
     for name, path in ms.items() if args.only in (None, "ppl") else ():
         print(bench_perplexity(binary, name, path, args.ctx, args.chunks))
     if args.only in (None, "generation"):
-        print("\n#### Generation: batched (n sequences per context) vs one-at-a-time create_completion\n")
-        print("| model | protocol | sequences per context | tokens (batched / one-at-a-time) | batched tokens/s | "
-              "create_completion tokens/s | wall s (batched / one-at-a-time) | speed-up |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|")
-        for name, path in ms.items():
-            for row in bench_generation(name, path):
-                print(row)
-        print("\n#### Decode step cost by sequences per step (median of 8 steps)\n")
-        print("| model | sequences | ms per step | ms per token | ms per step without logits | output projection ms |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for name, path in ms.items():
-            for row in bench_step_costs(name, path):
-                print(row)
-        print("\n#### KV layout: prefill, one decode step after it (median of 8), humaneval-protocol generation\n")
-        print("| model | KV layout | sequences | prefill s | ms per step | generation tokens/s (16 prompts) |")
-        print("|---|---|---:|---:|---:|---:|")
-        for name, path in ms.items():
-            for row in bench_kv_layouts(name, path):
-                print(row)
+        for title, header, bench in GENERATION_TABLES:
+            print(f"\n#### {title}\n")
+            print(f"| {' | '.join(header)} |")
+            print("|---|" + "---:|" * (len(header) - 1))
+            for name, path in ms.items():
+                for row in bench(name, path):
+                    print(row)
     if args.models in ("tiny", "all") and args.only in (None, "topk"):
         print("\n#### Top-K KLD (reference keeps K tokens + the rest mass) vs full-vocabulary KLD\n")
         print("| model | K | top-K KLD | full KLD | underestimate |")
