@@ -32,7 +32,7 @@ from cerebellum_ray.catalog import load_catalog
 from cerebellum_ray.cli import default_text
 from cerebellum_ray.generate import HUMANEVAL_STOPS, generate_greedy
 from cerebellum_ray.humaneval import load_problems
-from cerebellum_ray.llama_runner import LlamaRunner, RunnerConfig
+from cerebellum_ray.llama_runner import LlamaRunner, RunnerConfig, gpu_available
 from cerebellum_ray.logprobs import full_kld
 from cerebellum_ray.precision_map import MapSpec, resolve
 from cerebellum_ray.score import EvalSpec, chunk_logits, compute_reference, score
@@ -107,7 +107,7 @@ def bench_generation(name: str, model: Path, n_prompts: int = 16, n_seqs=(8, 16)
     with LlamaRunner(model, RunnerConfig(n_ctx=64)) as runner:
         n_ctx = max(len(runner.tokenize(p)) for p in prompts) + max(m for m, _ in protocols.values()) + 8
     llm = llama_cpp.Llama(model_path=str(model), n_ctx=n_ctx, verbose=False, n_threads=os.cpu_count(),
-                          n_threads_batch=os.cpu_count())
+                          n_threads_batch=os.cpu_count(), n_gpu_layers=-1 if gpu_available() else 0)
     llm.create_completion(prompts[0], max_tokens=4, temperature=0.0)  # warm
     single = {}
     for proto, (max_new, stops) in protocols.items():
@@ -228,14 +228,16 @@ def main() -> None:
     args = ap.parse_args()
     binary = args.llama_perplexity if Path(args.llama_perplexity).exists() else None
     ms = models(args.models)
-    print(f"\nMachine: {platform.machine()}, {os.cpu_count()} cores, CPU only; `python bench/bench_score.py "
-          f"--models {args.models}`\n")
-    print("#### Perplexity: ours vs llama-perplexity (same model, text, context; built-in corpus)\n")
-    print("| model | n_ctx | chunks | our PPL | our tokens/s (best of 3) | llama-perplexity PPL | difference | "
-          "llama-perplexity tokens/s (best of 3, load included) | ours / theirs |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, path in ms.items() if args.only in (None, "ppl") else ():
-        print(bench_perplexity(binary, name, path, args.ctx, args.chunks))
+    device = "all layers on the GPU" if gpu_available() else "CPU only"
+    print(f"\nMachine: {platform.machine()}, {os.cpu_count()} cores, {device}; `python bench/bench_score.py "
+          f"--models {args.models}{' --only ' + args.only if args.only else ''}`\n")
+    if args.only in (None, "ppl"):
+        print("#### Perplexity: ours vs llama-perplexity (same model, text, context; built-in corpus)\n")
+        print("| model | n_ctx | chunks | our PPL | our tokens/s (best of 3) | llama-perplexity PPL | difference | "
+              "llama-perplexity tokens/s (best of 3, load included) | ours / theirs |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for name, path in ms.items():
+            print(bench_perplexity(binary, name, path, args.ctx, args.chunks))
     if args.only in (None, "generation"):
         for title, header, bench in GENERATION_TABLES:
             print(f"\n#### {title}\n")
