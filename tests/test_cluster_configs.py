@@ -19,7 +19,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "cluster"
-SCRIPTS = sorted(CLUSTER.glob("*.sh"))
+SCRIPTS = sorted([*CLUSTER.glob("*.sh"), *(ROOT / "bench").glob("*.sh"), *(ROOT / "bench" / "gpu").glob("*.sh")])
 YAMLS = sorted(CLUSTER.rglob("*.yaml"))
 GPU_MIB = 24564  # what the fake nvidia-smi reports per GPU (an RTX 4090)
 VRAM_RESOURCE = '--resources={"vram_gb": %d}' % (2 * (GPU_MIB // 1024))  # noqa: UP031  (JSON braces)
