@@ -259,7 +259,8 @@ def _print_score(result: dict) -> None:
     he = result.get("humaneval")
     if he:
         print(f"HumanEval pass@1 {100 * he['pass_at_1']:.1f}% +/- {100 * he['pass_at_1_se']:.1f}% "
-              f"({he['passed']}/{he['n_problems']}; {he['generated_tokens']} tokens in {he['generate_seconds']:.1f} s)")
+              f"({he['passed']}/{he['n_problems']}; {he['generated_tokens']} tokens in {he['generate_seconds']:.1f} s, "
+              f"{he['generated_tokens'] / max(he['generate_seconds'], 1e-9):.0f} tokens/s)")
     for name, mc in (result.get("mc") or {}).items():
         print(f"{name}: acc {100 * mc['acc']:.1f}% +/- {100 * mc['acc_se']:.1f}%   acc_norm "
               f"{100 * mc['acc_norm']:.1f}% +/- {100 * mc['acc_norm_se']:.1f}%  ({mc['n_items']} items)")
