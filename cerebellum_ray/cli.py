@@ -279,7 +279,7 @@ def _search_options(args):
         max_failures=args.max_failures, resume=args.resume, address=args.address, storage_path=args.storage_path,
         cache_dir=args.cache_dir, seed=args.seed, verbose=not args.json, num_cpus=args.num_cpus,
         num_gpus=args.num_gpus, presets=tuple(x for x in (args.presets or "").split(",") if x),
-        map_file=args.map, warm_start=tuple(args.warm_start or ()),
+        map_file=args.map, warm_start=tuple(args.warm_start or ()), base=args.base,
     )
 
 
@@ -550,6 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "one fixed map (--map)")
     p.add_argument("--presets", help="presets for --strategy presets (default Q2_K,Q3_K_S,...,Q8_0)")
     p.add_argument("--map", help="precision map file for --strategy fixed (e.g. search_spaces/cerebellum-v6.yaml)")
+    p.add_argument("--base", metavar="PRESET", help="a llama.cpp preset to start from instead of the space's base "
+                   "(e.g. --strategy ablation --base Q3_K_M)")
     p.add_argument("--warm-start", action="append", metavar="STUDY",
                    help="seed a new Optuna study with the finished trials of STUDY (e.g. an ablation; repeatable)")
     p.add_argument("--trials", type=int, help="number of trials (default: the space's search.trials)")

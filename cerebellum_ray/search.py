@@ -62,6 +62,7 @@ class SearchOptions:
     presets: tuple[str, ...] = ()  # strategy "presets": llama.cpp presets to score as reference points
     warm_start: tuple[str, ...] = ()  # studies (e.g. an ablation) whose results seed a new Optuna study
     map_file: str | None = None  # strategy "fixed": a precision map file to score
+    base: str | None = None  # a llama.cpp preset replacing the space's base (e.g. an ablation from Q3_K_M)
 
 
 # ---- preparation ---------------------------------------------------------------------------------------------------
@@ -85,6 +86,8 @@ def prepare(opts: SearchOptions, work_dir: Path | None = None) -> TrialContext:
 
     catalog = load_catalog(opts.source)
     space = load_space(opts.space_file, catalog)
+    if opts.base:
+        space = with_base(space, catalog, opts.base)
     text = eval_text(space)
     ev = space.evaluation
     spec = EvalSpec(text, n_ctx=ev.ctx, n_chunks=ev.chunks, top_k=ev.top_k)
@@ -112,6 +115,17 @@ def prepare(opts: SearchOptions, work_dir: Path | None = None) -> TrialContext:
         n_threads=max(1, int(opts.cpus_per_trial)),
         store_dir=str(Path(opts.store_dir).resolve()),
     )
+
+
+def with_base(space: SearchSpace, catalog, preset: str) -> SearchSpace:
+    """The space with `preset` as its base map (checked against the model now, before anything runs)."""
+    from dataclasses import replace
+
+    from .precision_map import MapSpec, resolve
+
+    base = MapSpec(base=preset, fallback=space.base.fallback)
+    resolve(catalog, base)  # an unknown preset, or one whose types the model's rows cannot take, fails here
+    return replace(space, base=base)
 
 
 def _materialize(ref):

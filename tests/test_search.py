@@ -210,3 +210,21 @@ def test_ablation_runs_from_the_preset_itself_and_resumes(local_ray, tiny_models
     n_rows = len(store.rows(opts.store_dir, ["abl"]))
     run_search(opts)  # everything is known: no new trial
     assert len(store.rows(opts.store_dir, ["abl"])) == n_rows
+
+
+def test_base_override_replaces_the_space_base(tiny_models):
+    """--base PRESET: the same dimensions, every other tensor from that preset; a bad preset fails before Ray."""
+    from cerebellum_ray.catalog import load_catalog
+    from cerebellum_ray.precision_map import MapError, MapSpec, resolve
+    from cerebellum_ray.search import with_base
+    from cerebellum_ray.space import load_space
+
+    cat = load_catalog(tiny_models["gemma4"])
+    space = load_space(SPACE, cat)
+    moved = with_base(space, cat, "Q4_K_M")
+    assert space.base.base == "Q3_K_M" and moved.base.base == "Q4_K_M" and moved.dimensions == space.dimensions
+    assert moved.map_for(cat, {}).digest == resolve(cat, MapSpec(base="Q4_K_M")).digest
+    point = {d.param: 0 for d in space.dimensions}
+    assert moved.map_for(cat, point).digest != space.map_for(cat, point).digest  # e.g. attn_v follows the base
+    with pytest.raises(MapError, match="unknown base preset 'Q9_K'"):
+        with_base(space, cat, "Q9_K")
