@@ -14,8 +14,8 @@ Phases (each a batch of trials run in parallel on Ray Tune, every trial stored w
   4. final       - the accepted moves stacked: every group or layer move that kept quality (mean KLD within 2
                    standard errors of the base, or better) while saving bytes, every promotion that improved KLD
                    by more than 2 standard errors, and the single best router move if it improved KLD.
-Maps already measured under the same evaluation (same map digest) are answered from the store, whichever strategy
-measured them (this also makes a rerun resume).
+Maps this study already measured under the same evaluation (same map digest) are answered from the store (this also
+makes a rerun resume).
 The summary table mirrors the card's: move, tensors, KLD change, size change, decision.
 """
 
@@ -31,7 +31,8 @@ from collections.abc import Mapping
 
 from . import store
 from .catalog import load_catalog
-from .precision_map import PrecisionMap
+from .gguf_io import atomic_output
+from .precision_map import PrecisionMap, resolve
 from .space import SearchSpace
 
 TOLERANCE_SE = 2.0
@@ -101,8 +102,6 @@ def run_ablation(opts):
     resources = trial_resources(opts, cluster)
     space = ctx.space
     catalog = load_catalog(ctx.source)
-    from .precision_map import resolve
-
     base_map = resolve(catalog, space.base)
     key = _MapKeys(space, catalog)
     runner = _BatchRunner(ctx, opts, resources, store_dir, key)
@@ -136,7 +135,8 @@ def run_ablation(opts):
     if final_point != base:
         results.update(runner.run([(Move("final", "final", "", (), ""), final_point)], "final"))
     table = summary_table(decisions, base_result, results.get(key(final_point)), _base_name(space))
-    (store_dir / f"{opts.study}-ablation.md").write_text(table)
+    with atomic_output(store_dir / f"{opts.study}-ablation.md") as f:
+        f.write(table.encode())
     print(table)
     n = len({key(p) for _, p in [(None, base)] + phase1 + phase2 + phase3})
     return SearchResult(opts.study, str(store_dir), str(store_dir / "_tune"), n, {})
