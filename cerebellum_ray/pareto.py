@@ -631,12 +631,10 @@ def plot_png(
         handles.append(Line2D([], [], linestyle="", marker="*", markersize=12, label="reference points",
                               markerfacecolor=_REFERENCE_COLOUR if z_name is None else "white",
                               markeredgecolor=_REFERENCE_COLOUR))
-        for k, (r, xv, yv) in enumerate(zip(refs, rx, ry)):
-            if np.isnan(xv) or np.isnan(yv):
-                continue
-            ax.annotate(_reference_name(r), (xv, yv), xytext=(7, 6 if k % 2 == 0 else -12),
-                        textcoords="offset points", fontsize=9, color=_REFERENCE_COLOUR, zorder=5,
-                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
+        labels = [ax.annotate(_reference_name(r), (xv, yv), xytext=_LABEL_OFFSETS[0], textcoords="offset points",
+                              fontsize=9, color=_REFERENCE_COLOUR, zorder=5,
+                              bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
+                  for r, xv, yv in zip(refs, rx, ry) if not (np.isnan(xv) or np.isnan(yv))]
 
     if z_name is not None:
         from matplotlib.cm import ScalarMappable
@@ -658,8 +656,29 @@ def plot_png(
               title=f"front per {fronts[0].group_by}: points on front of all, HV (faint: dominated trials)")
     ax.set_title(title or _title(fronts, objectives))
     fig.text(0.005, 0.002, _hv_note(fronts, off_scale), fontsize=7, color="#555555", ha="left", va="bottom", wrap=True)
-    fig.get_layout_engine().set(h_pad=0.2)
+    fig.get_layout_engine().set(h_pad=0.2, rect=(0, 0.05, 1, 0.95))  # the bottom strip holds the note
+    if refs:
+        _spread_labels(fig, ax, labels)
     return _write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+# where a reference point's name may go, in points from the star: right-above first, then around it
+_LABEL_OFFSETS = ((7, 6), (7, -14), (-7, 6), (-7, -14), (7, 18), (7, -26), (-7, 18), (-7, -26))
+
+
+def _spread_labels(fig, ax, labels) -> None:
+    """Move each reference label to the first offset where it overlaps no label placed before it (nearby presets,
+    e.g. Q2_K and Q3_K_S at almost the same size and KLD, would otherwise print over each other)."""
+    fig.canvas.draw()  # the final layout: label extents in display pixels
+    placed = []
+    for label in labels:
+        for dx, dy in _LABEL_OFFSETS:
+            label.set_position((dx, dy))
+            label.set_horizontalalignment("left" if dx > 0 else "right")
+            box = label.get_window_extent()
+            if not any(box.overlaps(other) for other in placed):
+                break
+        placed.append(label.get_window_extent())
 
 
 def plot_html(

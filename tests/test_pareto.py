@@ -353,3 +353,19 @@ def test_plot_refuses_mismatched_objectives(tmp_path):
         pareto.plot_png(fronts, refs, tmp_path / "x.png", ["size", "ppl"])
     with pytest.raises(ValueError, match="empty"):
         pareto.plot_html([], refs, tmp_path / "x.html", ["size", "kld"])
+
+
+def test_reference_labels_at_the_same_spot_are_spread_apart():
+    """Presets that land almost on one point (Q2_K and Q3_K_S on Gemma 3 270M) get labels that do not overlap."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=60, layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    labels = [ax.annotate(name, (0.5, 0.5 + i * 0.001), xytext=(7, 6), textcoords="offset points")
+              for i, name in enumerate(["Q2_K", "Q3_K_S", "Q3_K_M"])]
+    pareto._spread_labels(fig, ax, labels)
+    boxes = [label.get_window_extent() for label in labels]
+    assert not any(boxes[i].overlaps(boxes[j]) for i in range(3) for j in range(i + 1, 3))
+    assert labels[0].get_position() == (7, 6)  # the first keeps the default spot
