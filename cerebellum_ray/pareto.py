@@ -563,6 +563,14 @@ def _step_order(front: Front, x_name: str, y_name: str) -> list[int]:
     return [int(k) for k in _order_front(xy, [OBJECTIVES[x_name][1], OBJECTIVES[y_name][1]])]
 
 
+def _plot_inputs(fronts, reference_rows, objectives, log_scale):
+    """(objectives, reference rows drawn, reference rows off a log scale, every row drawn) for both plotters."""
+    objectives = _check_plot_args(fronts, objectives)
+    refs, off_scale = _split_off_scale(_rows_as_dicts(reference_rows or []), fronts, objectives, log_scale)
+    shown = [r for f in fronts for r in (*f.points, *f.dominated)] + refs
+    return objectives, refs, off_scale, shown
+
+
 def plot_png(
     fronts: Sequence[Front],
     reference_rows: Any,
@@ -584,11 +592,9 @@ def plot_png(
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    objectives = _check_plot_args(fronts, objectives)
-    refs, off_scale = _split_off_scale(_rows_as_dicts(reference_rows or []), fronts, objectives, log_scale)
+    objectives, refs, off_scale, shown = _plot_inputs(fronts, reference_rows, objectives, log_scale)
     x_name, y_name = objectives[0], objectives[1]
     z_name = objectives[2] if len(objectives) == 3 else None
-    shown = [r for f in fronts for r in (*f.points, *f.dominated)] + refs
     logs = _log_axes(objectives[:2], log_scale, shown)
 
     fig = Figure(figsize=size_inches, dpi=dpi, layout="constrained")
@@ -696,9 +702,7 @@ def plot_html(
     """
     import plotly.graph_objects as go
 
-    objectives = _check_plot_args(fronts, objectives)
-    refs, off_scale = _split_off_scale(_rows_as_dicts(reference_rows or []), fronts, objectives, log_scale)
-    shown = [r for f in fronts for r in (*f.points, *f.dominated)] + refs
+    objectives, refs, off_scale, shown = _plot_inputs(fronts, reference_rows, objectives, log_scale)
     logs = _log_axes(objectives, log_scale, shown)
     three_d = len(objectives) == 3
 
