@@ -157,7 +157,8 @@ def bench_kv_layouts(name: str, model: Path, n: int = 8) -> list[str]:
     """KV cache shared by all sequences vs one stream per sequence (and per-sequence streams whose ids are not
     consecutive, 0, 2, 4, ...): prefill of n HumanEval prompts, one decode step of n sequences after it, and the
     "humaneval" generation protocol of bench_generation with n sequences per context."""
-    prompts = [p.prompt for p in load_problems(n)]
+    all_prompts = [p.prompt for p in load_problems(16)]
+    prompts = all_prompts[:n]
     rows = []
     for label, unified, stride in (("one cache shared by all sequences", True, 1),
                                    ("one KV stream per sequence, ids 0..n-1", False, 1),
@@ -179,7 +180,6 @@ def bench_kv_layouts(name: str, model: Path, n: int = 8) -> list[str]:
                 pos += 1
             speed = "-"
             if stride == 1:  # generate_greedy keeps its ids consecutive: the strided layout is a probe only
-                all_prompts = [p.prompt for p in load_problems(16)]
                 t0 = time.perf_counter()
                 gens = generate_greedy(runner, all_prompts, max_new_tokens=256, stops=HUMANEVAL_STOPS)
                 speed = f"{sum(g.n_tokens for g in gens) / (time.perf_counter() - t0):.0f}"

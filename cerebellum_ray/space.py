@@ -87,17 +87,6 @@ class SearchSpace:
                 return d
         raise SpaceError(f"space {self.name} has no parameter {param!r}")
 
-    def base_point(self, base_map: PrecisionMap) -> dict[str, int]:
-        """The point closest to the base map: each dimension at its base type if it is a candidate, else the
-        candidate nearest in bits per weight."""
-        point = {}
-        for d in self.dimensions:
-            current = base_map.types[d.tensors[0]]
-            bpw = TYPES[current].bits_per_weight
-            point[d.param] = min(range(len(d.types)),
-                                 key=lambda i: (d.types[i] != current, abs(TYPES[d.types[i]].bits_per_weight - bpw)))
-        return point
-
     def rules_for(self, point: Mapping[str, int]) -> tuple[Rule, ...]:
         """Rules setting each dimension of `point` to its chosen type. A partial point (some dimensions) leaves the
         other tensors at the base map's types: the ablation's moves relative to the base preset itself."""
