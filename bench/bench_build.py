@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGUFValueType
 
-from cerebellum_ray import _ggml, gguf_io
+from cerebellum_ray import _ggml, atomic, gguf_io
 from cerebellum_ray.ggml_types import file_type
 
 SHAPES = dict(n_embd=2048, n_ff=5632, n_layer=22, n_head=32, n_head_kv=4, vocab=32000)
@@ -64,7 +64,7 @@ def synthetic_model(path: Path, seed: int = 0) -> int:
         slots.append(gguf_io.TensorSlot(name, shape, type_id, nbytes))
     layout = gguf_io.GGUFLayout.build(kvs, slots, 32)
     rng = np.random.default_rng(seed)
-    with gguf_io.atomic_output(path) as f:
+    with atomic.atomic_output(path) as f:
         f.write(layout.header)
         for slot in slots:
             n = int(np.prod(slot.shape))

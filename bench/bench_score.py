@@ -29,7 +29,7 @@ import numpy as np
 
 from cerebellum_ray.build import build
 from cerebellum_ray.catalog import load_catalog
-from cerebellum_ray.cli import default_text
+from cerebellum_ray.corpus import default_text
 from cerebellum_ray.generate import HUMANEVAL_STOPS, generate_greedy
 from cerebellum_ray.humaneval import load_problems
 from cerebellum_ray.llama_runner import LlamaRunner, RunnerConfig, gpu_available

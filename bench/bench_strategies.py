@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from cerebellum_ray import store
-from cerebellum_ray.pareto import compare_fronts, compute_fronts, plot_png
+from cerebellum_ray.pareto import compare_fronts, compute_fronts
+from cerebellum_ray.plots import plot_png
 from cerebellum_ray.search import SearchOptions, run_search
 from cerebellum_ray.tiny import make_tiny, make_tiny_imatrix
 

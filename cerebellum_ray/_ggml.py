@@ -173,7 +173,7 @@ def llama_quantize(
     `imatrix` maps tensor names to float32 vectors; `overrides` are (regex, ggml type id) pairs as --tensor-type.
     Raises RuntimeError when llama.cpp reports a failure.
     """
-    import llama_cpp
+    from ._llama import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype_id

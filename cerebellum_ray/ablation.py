@@ -31,9 +31,10 @@ from collections.abc import Mapping
 
 from . import store
 from .catalog import load_catalog
-from .gguf_io import atomic_output
+from .atomic import atomic_output
 from .precision_map import PrecisionMap, resolve
 from .space import SearchSpace
+from .trial import POINT_KEY
 
 TOLERANCE_SE = 2.0
 REFERENCE_KLD = 1e-6  # a base this close to its reference is the reference itself (float noise, not quantization)
@@ -94,7 +95,7 @@ def single_moves(space: SearchSpace, base_map: PrecisionMap, name: str, types, k
 
 def run_ablation(opts):
     """Run the procedure as Ray Tune batches; returns a SearchResult (the summary is printed and stored)."""
-    from .search import SearchResult, init_ray, prepare, trial_resources
+    from .search_runtime import SearchResult, init_ray, prepare, trial_resources
 
     store_dir = Path(opts.store_dir).resolve()
     ctx = prepare(opts)
@@ -270,7 +271,7 @@ class _BatchRunner:
     def run(self, moves, phase: str) -> dict[str, dict[str, Any]]:
         from ray import tune
 
-        from .search import _make_callbacks
+        from .search_runtime import make_callbacks
         from .trial import ray_trainable
 
         known = self.known()
@@ -284,11 +285,11 @@ class _BatchRunner:
             name = f"{self.ctx.study}-{phase}-{int(time.time())}"
             tune.Tuner(
                 trainable,
-                param_space={"__point": tune.grid_search([p for _, p in todo.values()])},
+                param_space={POINT_KEY: tune.grid_search([p for _, p in todo.values()])},
                 tune_config=tune.TuneConfig(reuse_actors=False),
                 run_config=tune.RunConfig(
                     name=name, storage_path=self.opts.storage_path or str(self.store_dir / "_tune"),
-                    callbacks=_make_callbacks(self.ctx, self.opts, "ablation", labels),
+                    callbacks=make_callbacks(self.ctx, self.opts, "ablation", labels),
                     failure_config=tune.FailureConfig(max_failures=self.opts.max_failures), verbose=0),
             ).fit()
             known = self.known()

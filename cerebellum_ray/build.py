@@ -16,18 +16,21 @@ import hashlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from collections.abc import Sequence
 
 import numpy as np
 from gguf import GGUFValueType
 
 from . import QUANTIZER_VERSION, __version__, gguf_io
+from .atomic import atomic_output, check_destination, refuse_inputs
 from .catalog import ModelCatalog, TensorInfo, load_catalog
+from .digests import vector_digest
+from .errors import CerebellumError
 from .ggml_types import FILE_TYPES, ggml_type
 from .precision_map import PrecisionMap
 from .quantize import QuantizeError, QuantJob, check_job, quantize_tensor
-from .tensor_cache import TensorCache, copy_stream, entry_key, vector_digest
+from .tensor_cache import TensorCache, copy_stream, entry_key
 
 PROVENANCE_PREFIX = "cerebellum."
 _REPLACED_KEYS = ("general.quantization_version", "general.file_type")
@@ -35,7 +38,7 @@ _GUESSED_FILE_TYPE = 1024  # LLAMA_FTYPE_GUESSED
 _DIGEST_PLACEHOLDER = "0" * 64
 
 
-class BuildError(ValueError):
+class BuildError(CerebellumError):
     """A build refused before any output was written; the message names tensor, value, rule and fix."""
 
 
@@ -96,8 +99,8 @@ class _Plan:
     vectors: list[np.ndarray | None]
     file_type: int
     alignment: int
+    source: str = ""
     imatrix_digest: str = "none"
-    stat_key: tuple = field(default=())
 
 
 def _file_type_for(pmap: PrecisionMap) -> int:
@@ -105,7 +108,7 @@ def _file_type_for(pmap: PrecisionMap) -> int:
     return preset.id if preset else _GUESSED_FILE_TYPE
 
 
-def _imatrix_vectors(catalog: ModelCatalog, jobs: Sequence[QuantJob], imatrix) -> list[np.ndarray | None]:
+def imatrix_vectors(catalog: ModelCatalog, jobs: Sequence[QuantJob], imatrix) -> list[np.ndarray | None]:
     """Per job, its importance vector (or None); refuses an imatrix that was made for another model."""
     if imatrix is None:
         return [None] * len(jobs)
@@ -131,6 +134,15 @@ def _imatrix_vectors(catalog: ModelCatalog, jobs: Sequence[QuantJob], imatrix) -
     return vectors
 
 
+def check_imatrix_fits(catalog: ModelCatalog, imatrix, path: str) -> None:
+    """Refuse, before any trial runs, an imatrix made for another model (entries it lacks, or of the wrong size)."""
+    jobs = [QuantJob(t.name, t.shape, t.type, t.type) for t in catalog.tensors]
+    try:
+        imatrix_vectors(catalog, jobs, imatrix)
+    except BuildError as exc:
+        raise BuildError(f"--imatrix {path}: {exc}") from None
+
+
 def plan_build(source: str | os.PathLike, pmap: PrecisionMap, imatrix=None) -> _Plan:
     """Everything checked and laid out, nothing written: raises BuildError/QuantizeError on any bad input."""
     catalog = load_catalog(source)
@@ -141,7 +153,7 @@ def plan_build(source: str | os.PathLike, pmap: PrecisionMap, imatrix=None) -> _
     if missing:
         raise BuildError(f"the map gives no type to {missing[0]!r} (and {len(missing) - 1} more) of {source}")
     jobs = [QuantJob(t.name, t.shape, t.type, pmap.types[t.name]) for t in catalog.tensors]
-    vectors = _imatrix_vectors(catalog, jobs, imatrix)
+    vectors = imatrix_vectors(catalog, jobs, imatrix)
     for job, vec in zip(jobs, vectors):
         if job.dst_type != job.src_type:
             try:
@@ -151,7 +163,6 @@ def plan_build(source: str | os.PathLike, pmap: PrecisionMap, imatrix=None) -> _
     kv_raw = [
         e.raw for e in catalog.kv_entries if e.key not in _REPLACED_KEYS and not e.key.startswith(PROVENANCE_PREFIX)
     ]
-    st = os.stat(source)
     return _Plan(
         catalog=catalog,
         kv_raw=kv_raw,
@@ -159,8 +170,8 @@ def plan_build(source: str | os.PathLike, pmap: PrecisionMap, imatrix=None) -> _
         vectors=vectors,
         file_type=_file_type_for(pmap),
         alignment=catalog.alignment,
+        source=str(source),
         imatrix_digest=imatrix.digest if imatrix is not None else "none",
-        stat_key=(os.path.realpath(source), st.st_size, st.st_mtime_ns, st.st_ino),
     )
 
 
@@ -182,7 +193,7 @@ def predicted_file_size(source: str | os.PathLike, pmap: PrecisionMap, imatrix=N
 # ---- reading and hashing the source -------------------------------------------------------------------------------
 
 
-def _pread(fd: int, offset: int, n: int) -> np.ndarray:
+def pread(fd: int, offset: int, n: int) -> np.ndarray:
     buf = np.empty(n, dtype=np.uint8)
     view = memoryview(buf)
     done = 0
@@ -198,20 +209,21 @@ def _tensor_digest(fd: int, t: TensorInfo) -> str:
     h = hashlib.sha256()
     step = 1 << 24
     for off in range(0, t.n_bytes, step):
-        h.update(_pread(fd, t.data_offset + off, min(step, t.n_bytes - off)))
+        h.update(pread(fd, t.data_offset + off, min(step, t.n_bytes - off)))
     return h.hexdigest()
 
 
 def source_digests(fd: int, plan: _Plan, cache: TensorCache | None, n_threads: int) -> dict[str, str]:
-    """sha256 of every source tensor's bytes; remembered in the cache per (path, size, mtime, inode)."""
+    """sha256 of every source tensor's bytes; remembered in the cache per source file state (digests.file_state:
+    a file rewritten in place is hashed again even when its modification time was restored)."""
     if cache is not None:
-        known = cache.source_digests(plan.stat_key)
+        known = cache.source_digests(plan.source)
         if known is not None and set(known) == set(plan.catalog.by_name):
             return known
     with ThreadPoolExecutor(max_workers=max(1, n_threads)) as pool:
         digests = dict(zip(plan.catalog.by_name, pool.map(lambda t: _tensor_digest(fd, t), plan.catalog.tensors)))
     if cache is not None:
-        cache.remember_source_digests(plan.stat_key, digests)
+        cache.remember_source_digests(plan.source, digests)
     return digests
 
 
@@ -234,10 +246,15 @@ def build(
     imatrix=None,
     cache: TensorCache | None = None,
     n_threads: int | None = None,
+    inputs: dict[str, str | os.PathLike | None] | None = None,
 ) -> BuildReport:
-    """Write the quantized GGUF `out` for `pmap`; OUT appears complete or not at all."""
+    """Write the quantized GGUF `out` for `pmap`; OUT appears complete or not at all, and is never the source (nor
+    any of `inputs`, {what: path}, e.g. the imatrix or map file)."""
     started = time.perf_counter()
     n_threads = n_threads or os.cpu_count() or 1
+    inputs = {"source model": source, **(inputs or {})}
+    check_destination(out)
+    refuse_inputs(out, inputs)
     plan = plan_build(source, pmap, imatrix)
     fd = os.open(source, os.O_RDONLY)
     try:
@@ -245,7 +262,7 @@ def build(
         provenance = Provenance(_source_digest(plan.kv_raw, digests), plan.imatrix_digest, pmap.digest, pmap.base)
         layout = _layout(plan, provenance)
         actions = []
-        with gguf_io.atomic_output(out) as f:
+        with atomic_output(out, inputs=inputs) as f:
             f.write(layout.header)
             for t, job, vec, slot in zip(plan.catalog.tensors, plan.jobs, plan.vectors, layout.slots):
                 t0 = time.perf_counter()
@@ -273,20 +290,22 @@ def _write_tensor(f, fd, t: TensorInfo, job: QuantJob, vec, digest: str, cache, 
     if job.dst_type == job.src_type:
         step = 1 << 24
         for off in range(0, t.n_bytes, step):
-            f.write(_pread(fd, t.data_offset + off, min(step, t.n_bytes - off)))
+            f.write(pread(fd, t.data_offset + off, min(step, t.n_bytes - off)))
         return "copied"
     key = entry_key(digest, t.shape, job.src_type, job.dst_type, vector_digest(vec))
     if cache is not None:
-        hit = cache.get(key)
+        n_bytes = t.bytes_as(job.dst_type)
+        hit = cache.get(key, n_bytes, what=f"{t.name} as {job.dst_type}")
         if hit is not None:
             with hit:
-                n = copy_stream(hit, f)
-            if n == t.bytes_as(job.dst_type):
-                return "cached"
-            raise AssertionError(f"cache entry for {t.name} has {n} bytes, expected {t.bytes_as(job.dst_type)}")
+                n = copy_stream(hit.file, f, n_bytes)
+            if n != n_bytes:  # verified a moment ago: only a concurrent truncation can get here
+                raise BuildError(f"cache entry for {t.name} shrank while it was read ({n} of {n_bytes} bytes); "
+                                 "build again")
+            return "cached"
     row_bytes = ggml_type(job.src_type).row_bytes(t.n_per_row)
     data = quantize_tensor(
-        job, lambda first, n: _pread(fd, t.data_offset + first * row_bytes, n * row_bytes), vec, n_threads
+        job, lambda first, n: pread(fd, t.data_offset + first * row_bytes, n * row_bytes), vec, n_threads
     )
     f.write(memoryview(data))
     if cache is not None:

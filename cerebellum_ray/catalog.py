@@ -183,12 +183,8 @@ def load_catalog(path: str | os.PathLike) -> ModelCatalog:
             n_bytes=math.prod(t.shape[1:]) * ty.row_bytes(t.shape[0]),
             data_offset=t.data_offset,
         )
-        if info.data_offset + info.n_bytes > header.file_size:
-            raise gguf_io.GGUFError(
-                f"{path}: truncated: tensor {t.name} needs bytes {info.data_offset}..{info.data_offset + info.n_bytes}"
-                f" but the file has {header.file_size}; the download or copy is incomplete"
-            )
         tensors.append(info)
+    gguf_io.check_layout(header, [t.n_bytes for t in tensors])
     return ModelCatalog(
         path=str(Path(path)),
         arch=str(next((e.value for e in header.kv if e.key == "general.architecture"), "unknown")),

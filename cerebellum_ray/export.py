@@ -6,6 +6,9 @@
                       arguments. `grep -v '^#' FINAL.recipe` is a valid --tensor-type-file.
     FINAL.card.json   the map summarized by group (as in the model card's "Final Precision Map" table), the metrics
                       with standard errors, and provenance.
+
+The three files appear together or not at all (atomic.atomic_group), never replace the source, the imatrix or a
+file of the store.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .errors import CerebellumError
 from . import store
 from .build import build
 from .catalog import load_catalog
-from .gguf_io import atomic_output
+from .atomic import atomic_group, refuse_store_files
 from .precision_map import PrecisionMap, by_group, not_expressible, to_tensor_type_lines
 
 METRIC_COLUMNS = ("size_bytes", "bpw", "ppl", "ppl_se", "kld", "kld_se", "kld_median", "kld_p90", "kld_p99",
@@ -26,7 +30,7 @@ METRIC_COLUMNS = ("size_bytes", "bpw", "ppl", "ppl_se", "kld", "kld_se", "kld_me
                   "humaneval_se", "mc_acc", "mc_acc_se", "chunks_done", "n_chunks")
 
 
-class ExportError(ValueError):
+class ExportError(CerebellumError):
     pass
 
 
@@ -50,7 +54,7 @@ def pick_row(store_dir: str, studies: list[str] | None, trial: str | None = None
     if pick == "knee":
         from .pareto import compute_fronts, knee_point
 
-        search = [r for r in rows if r["strategy"] not in ("preset", "fixed", "reference")] or rows
+        search = [r for r in rows if r["strategy"] not in store.REFERENCE_STRATEGIES] or rows
         fronts = compute_fronts(search, ["size", "kld"], group_by="study")
         best = max(fronts, key=lambda f: f.hypervolume_fraction)
         return knee_point(best)
@@ -92,13 +96,22 @@ def export(store_dir: str, source: str, out: str, studies: list[str] | None = No
         imatrix = load_imatrix(imatrix_path)
     from .tensor_cache import TensorCache
 
-    cache = TensorCache(cache_dir) if cache_dir else None
-    report = build(source, pmap, out, imatrix=imatrix, cache=cache)
     out_path = Path(out)
     stem = out_path.with_suffix("")
-    with atomic_output(f"{stem}.recipe") as f:
-        f.write(recipe_text(pmap, catalog, stem.name).encode())
-    card = {
+    outputs = [out_path, Path(f"{stem}.recipe"), Path(f"{stem}.card.json")]
+    for path in outputs:
+        refuse_store_files(path, store_dir)
+    cache = TensorCache(cache_dir) if cache_dir else None
+    with atomic_group(outputs, inputs={"source model": source, "imatrix": imatrix_path}) as (gguf_tmp, recipe, card):
+        report = build(source, pmap, gguf_tmp, imatrix=imatrix, cache=cache)
+        recipe.write_text(recipe_text(pmap, catalog, stem.name))
+        card.write_text(json.dumps(_card(row, catalog, pmap, report, out_path, source), indent=1, default=str) + "\n")
+    return {"out": str(out_path), "recipe": str(outputs[1]), "card": str(outputs[2]), "row": row,
+            "file_size": report.file_size, "map": pmap}
+
+
+def _card(row, catalog, pmap: PrecisionMap, report, out_path: Path, source: str) -> dict[str, Any]:
+    return {
         "file": out_path.name, "size_bytes": report.file_size, "bits_per_weight": report.bits_per_weight,
         "trial": {k: row[k] for k in ("study", "trial_id", "strategy", "label", "eval_hash", "map_hash")},
         "metrics": {k: row.get(k) for k in METRIC_COLUMNS if row.get(k) is not None},
@@ -107,10 +120,6 @@ def export(store_dir: str, source: str, out: str, studies: list[str] | None = No
         "provenance": {**vars(report.provenance), "source": os.path.abspath(source),
                        "versions": json.loads(row["versions"]) if row.get("versions") else None},
     }
-    with atomic_output(f"{stem}.card.json") as f:
-        f.write((json.dumps(card, indent=1, default=str) + "\n").encode())
-    return {"out": str(out_path), "recipe": f"{stem}.recipe", "card": f"{stem}.card.json", "row": row,
-            "file_size": report.file_size, "map": pmap}
 
 
 def _base_of(row: dict[str, Any]) -> str:

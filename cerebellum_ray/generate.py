@@ -7,7 +7,7 @@ how HumanEval completions and multiple-choice answers are computed inside a tria
 
 from __future__ import annotations
 
-import llama_cpp  # noqa: F401  (before numpy)
+from ._llama import llama_cpp  # noqa: F401  (first: before numpy)
 
 from dataclasses import dataclass
 from collections.abc import Sequence

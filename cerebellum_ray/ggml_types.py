@@ -9,6 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import CerebellumError
+
+
+class TypeNameError(CerebellumError):
+    """A ggml type or llama.cpp preset name (or id) that does not exist; the message lists what does."""
+
 
 @dataclass(frozen=True)
 class GGMLType:
@@ -114,7 +120,7 @@ def ggml_type(name_or_id: str | int) -> GGMLType:
     key = str(name_or_id).strip().upper()
     if key in TYPES:
         return TYPES[key]
-    raise ValueError(f"unknown ggml type {name_or_id!r}; quantizable types: {', '.join(QUANTIZABLE)}")
+    raise TypeNameError(f"unknown ggml type {name_or_id!r}; quantizable types: {', '.join(QUANTIZABLE)}")
 
 
 def fallback_type(target: str, n_per_row: int) -> str:
@@ -127,7 +133,7 @@ def fallback_type(target: str, n_per_row: int) -> str:
     elif t.block_size <= 32:
         replacement = t.name  # already a 32-block type: only F16 is left
     else:
-        raise ValueError(f"llama.cpp defines no row-length fallback for {t.name}")
+        raise TypeNameError(f"llama.cpp defines no row-length fallback for {t.name} (llama-quantize stops there too)")
     return replacement if TYPES[replacement].fits_row(n_per_row) else "F16"
 
 
@@ -191,4 +197,4 @@ def file_type(name: str) -> FileType:
     key = name.strip().upper()
     if key in FILE_TYPES:
         return FILE_TYPES[key]
-    raise ValueError(f"unknown llama.cpp preset {name!r}; presets: {', '.join(FILE_TYPES)}")
+    raise TypeNameError(f"unknown llama.cpp preset {name!r}; presets: {', '.join(FILE_TYPES)}")

@@ -9,23 +9,23 @@ computes both the header bytes and every tensor's offset from names, shapes and 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import struct
-import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
-from collections.abc import Iterator, Sequence
 
 from gguf import GGUFValueType
+
+from .errors import CerebellumError
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSION = 3
 DEFAULT_ALIGNMENT = 32
 
 
-class GGUFError(ValueError):
+class GGUFError(CerebellumError):
     """A file that is not a usable GGUF model: the message names the file, what is wrong and what to do."""
 
 
@@ -108,8 +108,11 @@ class _Cursor:
                 return f"<array of {count} {GGUFValueType(sub).name.lower()}>"
             if sub in _SCALAR_SIZES:
                 return list(struct.unpack(f"<{count}{_SCALAR_CODES[sub]}", self.need(_SCALAR_SIZES[sub] * count, what)))
-            items = [self.value(sub, what) for _ in range(count)]
-            return items if count <= MAX_KV_ARRAY else f"<array of {count} {GGUFValueType(sub).name.lower()}>"
+            if sub != GGUFValueType.STRING:  # llama.cpp's gguf reader refuses arrays of arrays too
+                raise GGUFError(f"{self.path}: corrupt header: {what} is an array of value type {sub} at offset "
+                                f"{self.pos}; llama.cpp reads only arrays of scalars or strings")
+            items = [self.string(what) for _ in range(count)]
+            return items if count <= MAX_KV_ARRAY else f"<array of {count} string>"
         raise GGUFError(f"{self.path}: corrupt header: {what} has unknown value type {vtype} at offset {self.pos}")
 
 
@@ -120,6 +123,8 @@ def read_header(path: str | os.PathLike) -> GGUFHeader:
     tensors whose data lies beyond the end of the file, each with a message that says what is wrong.
     """
     path = Path(path)
+    if path.is_dir():
+        raise GGUFError(f"{path}: is a directory, not a GGUF file")
     if not path.is_file():
         raise GGUFError(f"{path}: no such file")
     size = path.stat().st_size
@@ -139,9 +144,13 @@ def read_header(path: str | os.PathLike) -> GGUFHeader:
         if n_tensors > size or n_kv > size:
             raise GGUFError(f"{path}: corrupt header: {n_tensors} tensors, {n_kv} key/values in {size} bytes")
         kv = []
+        seen: set[str] = set()
         for _ in range(n_kv):
             start = cur.pos
             key = cur.string("key name")
+            if key in seen:
+                raise GGUFError(f"{path}: corrupt header: key {key!r} appears twice (llama.cpp refuses such files)")
+            seen.add(key)
             vtype = cur.unpack("I", f"type of {key}")
             value = cur.value(vtype, key)
             f_raw = _raw_bytes(cur, f, start)
@@ -153,17 +162,49 @@ def read_header(path: str | os.PathLike) -> GGUFHeader:
             if not 1 <= n_dims <= 4:
                 raise GGUFError(f"{path}: corrupt header: tensor {name} has {n_dims} dimensions")
             shape = tuple(cur.unpack("Q", f"{name} shape") for _ in range(n_dims))
+            if 0 in shape or any(d >= 1 << 62 for d in shape):
+                raise GGUFError(f"{path}: corrupt header: tensor {name} has shape {list(shape)}; a weight tensor "
+                                "has at least one element in every dimension")
             tensors_raw.append((name, shape, cur.unpack("I", f"{name} type"), cur.unpack("Q", f"{name} offset")))
         header_end = cur.pos
-    alignment = next((e.value for e in kv if e.key == "general.alignment"), DEFAULT_ALIGNMENT)
+    alignment_entry = next((e for e in kv if e.key == "general.alignment"), None)
+    alignment = DEFAULT_ALIGNMENT if alignment_entry is None else alignment_entry.value
+    if alignment_entry is not None and alignment_entry.vtype != GGUFValueType.UINT32:
+        raise GGUFError(f"{path}: general.alignment has value type {alignment_entry.vtype.name}; llama.cpp requires "
+                        "UINT32")
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise GGUFError(f"{path}: general.alignment {alignment!r} is not a positive power of two")
     data_offset = _pad(header_end, alignment)
     tensors = tuple(TensorEntry(n, s, t, data_offset + o) for n, s, t, o in tensors_raw)
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
-        raise GGUFError(f"{path}: corrupt header: duplicate tensor names")
+        dup = next(n for n in names if names.count(n) > 1)
+        raise GGUFError(f"{path}: corrupt header: tensor name {dup!r} appears twice")
     return GGUFHeader(str(path), version, tuple(kv), tensors, alignment, data_offset, size)
+
+
+def check_layout(header: GGUFHeader, n_bytes: Sequence[int]) -> None:
+    """Tensor data laid out as llama.cpp's gguf reader requires: the i-th tensor's data starts exactly where the
+    previous one's (padded to the alignment) ends, in table order, and the last one ends within the file. This rules
+    out overlapping, unaligned, reordered and out-of-file data (llama.cpp refuses all of them: "tensor '...' has
+    offset ..., expected ...")."""
+    expected = 0
+    for t, nb in zip(header.tensors, n_bytes):
+        offset = t.data_offset - header.data_offset
+        if offset != expected:
+            raise GGUFError(
+                f"{header.path}: corrupt layout: tensor {t.name} has data offset {offset}, but llama.cpp requires "
+                f"{expected} (right after the previous tensor, padded to {header.alignment} bytes); the file was "
+                "not written by a GGUF writer or was damaged: re-convert or re-download it"
+            )
+        expected += _pad(nb, header.alignment)
+    end = header.data_offset + (expected if not n_bytes else expected - _pad(n_bytes[-1], header.alignment)
+                                + n_bytes[-1])
+    if end > header.file_size:
+        raise GGUFError(
+            f"{header.path}: truncated: the tensor data needs {end} bytes but the file has {header.file_size}; the "
+            "download or copy is incomplete"
+        )
 
 
 def _raw_bytes(cur: _Cursor, f: BinaryIO, start: int) -> bytes:
@@ -252,64 +293,7 @@ class GGUFLayout:
         return len(self.header) + sum(_pad(s.n_bytes, self.alignment) for s in self.slots)
 
 
-# ---- atomic output -----------------------------------------------------------------------------------------------
-
-
-def check_destination(path: str | os.PathLike) -> None:
-    """Refuse an output that cannot be written, before any work."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise OSError(f"cannot write {path}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise PermissionError(f"cannot write {path}: directory {directory} is not writable")
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write {path}: it is a directory")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield the path of a new, empty temporary file beside `path`; rename it to `path` when the block succeeds.
-
-    The caller may write and close the file, and check it (e.g. load it in llama.cpp) before it replaces anything.
-    On any error the temporary file is removed and `path` is left as it was (absent, or the previous file, whose
-    permission bits a replacement keeps).
-    """
-    path = Path(path)
-    check_destination(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
-    except OSError as exc:
-        raise OSError(f"cannot write {path}: cannot create a file in {directory} ({exc.strerror})") from None
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        try:
-            mode = os.stat(path).st_mode & 0o7777
-        except FileNotFoundError:
-            mode = 0o666 & ~_umask()  # mkstemp makes 0600; give a new file the permissions open() would
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """An open binary file that becomes `path` only if the block succeeds (see atomic_path)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        yield f
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+# ---- padding -----------------------------------------------------------------------------------------------------
 
 
 def write_padding(f: BinaryIO, n_bytes: int, alignment: int) -> None:

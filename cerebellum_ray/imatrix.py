@@ -30,6 +30,8 @@ from types import MappingProxyType
 import numpy as np
 from gguf import GGUFReader, GGUFValueType
 
+from .errors import CerebellumError
+
 FORMATS = ("gguf", "dat")
 GGUF_MAGIC = b"GGUF"
 KEY_TYPE = "general.type"
@@ -44,6 +46,10 @@ _GGUF_VERSION = 3
 _GGUF_ALIGNMENT = 32
 _GGUF_F32 = 0  # ggml_type F32
 _GGUF_UINT32, _GGUF_STRING, _GGUF_ARRAY = 4, 8, 9  # gguf_type
+
+
+class ImatrixError(CerebellumError):
+    """An importance matrix that cannot be used: the message names the file, the entry or offset and the rule."""
 
 
 # ---- the record --------------------------------------------------------------------------------------------------
@@ -80,14 +86,14 @@ class Imatrix:
         for name in sorted(entries):
             vec = np.array(entries[name], dtype=np.float32).reshape(-1)
             if vec.size == 0:
-                raise ValueError(f"imatrix entry {name!r} is empty; every entry needs at least one value")
-            _check_finite(name, vec, where="in memory")
+                raise ImatrixError(f"imatrix entry {name!r} is empty; every entry needs at least one value")
+            _check_values(name, vec, where="in memory")
             vec.flags.writeable = False
             frozen[name] = vec
         mats = {name: int(n) for name, n in (n_mat or {}).items() if name in frozen}
         for name, n in mats.items():
             if n < 1 or frozen[name].size % n:
-                raise ValueError(
+                raise ImatrixError(
                     f"imatrix entry {name!r}: {frozen[name].size} values cannot be split into n_mat={n} equal slices"
                 )
         return cls(
@@ -117,7 +123,7 @@ class Imatrix:
         if vec.size != n_per_row * n_expert:
             if "token_embd" in name:
                 return None
-            raise ValueError(
+            raise ImatrixError(
                 f"imatrix entry {name!r} has {vec.size} values but the tensor needs n_per_row * n_expert = "
                 f"{n_per_row} * {n_expert} = {n_per_row * n_expert}; the imatrix was computed for another model: "
                 "make one for this model with llama-imatrix"
@@ -149,13 +155,22 @@ def _digest(entries: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _check_finite(name: str, vec: np.ndarray, where: str) -> None:
+def _check_values(name: str, vec: np.ndarray, where: str) -> None:
+    """Importances are means of squared activations: finite and never negative (ggml's IQ quantizers abort the
+    process on negative weights, and llama_model_quantize refuses non-finite ones)."""
     bad = np.flatnonzero(~np.isfinite(vec))
     if bad.size:
-        raise ValueError(
+        raise ImatrixError(
             f"{where}: imatrix entry {name!r} has a non-finite importance {vec[bad[0]]} at index {bad[0]} "
             f"({bad.size} such values); llama_model_quantize refuses non-finite imatrix values: "
             "recompute the imatrix (a model that overflows in F16 can cause this)"
+        )
+    bad = np.flatnonzero(vec < 0)
+    if bad.size:
+        raise ImatrixError(
+            f"{where}: imatrix entry {name!r} has a negative importance {vec[bad[0]]} at index {bad[0]} "
+            f"({bad.size} such values); importances are means of squared activations and cannot be negative "
+            "(ggml's quantizers abort on them): the file is corrupt, recompute it"
         )
 
 
@@ -176,10 +191,14 @@ class _Raw:
 def load_imatrix(path: str | os.PathLike) -> Imatrix:
     """Read a llama-imatrix file (GGUF or legacy .dat, told apart by the GGUF magic) into an :class:`Imatrix`.
 
-    Raises ValueError naming the file, the offset or entry and the broken rule for truncated or garbled files,
+    Raises ImatrixError naming the file, the offset or entry and the broken rule for truncated or garbled files,
     files llama-quantize would refuse (no entries, GGUF without imatrix metadata) and non-finite importances.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ImatrixError(f"{path}: is a directory, not an imatrix file")
+    if not path.is_file():
+        raise ImatrixError(f"{path}: no such imatrix file")
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic == GGUF_MAGIC:
@@ -188,7 +207,7 @@ def load_imatrix(path: str | os.PathLike) -> Imatrix:
         raw, fmt = _read_dat(path, path.read_bytes()), "dat"
     vectors = {name: _importance(raw, name, legacy=fmt == "dat") for name in raw.sums}
     for name, vec in vectors.items():
-        _check_finite(name, vec, where=str(path))
+        _check_values(name, vec, where=str(path))
     n_mat = {name: int(c.size) for name, c in raw.counts.items()} if fmt == "gguf" else {}
     return Imatrix.build(
         vectors, datasets=raw.datasets, chunk_count=raw.chunk_count, chunk_size=raw.chunk_size, n_mat=n_mat,
@@ -214,7 +233,7 @@ def _importance(raw: _Raw, name: str, legacy: bool) -> np.ndarray:
 def _lround(x: np.ndarray, path: Path, name: str) -> np.ndarray:
     """C's lround on float32 values: nearest integer, halves away from zero (numpy's round goes to even)."""
     if not np.all(np.isfinite(x)) or np.any(np.abs(x) >= 2.0**62):
-        raise ValueError(
+        raise ImatrixError(
             f"{path}: imatrix entry {name!r} has counts {x.tolist()[:8]} that are not finite integers in range; "
             "llama.cpp's lround of them is undefined: the file is corrupt, recompute it"
         )
@@ -233,7 +252,7 @@ class _Cursor:
 
     def take(self, n: int, what: str) -> bytes:
         if n > self.remaining():
-            raise ValueError(
+            raise ImatrixError(
                 f"{self.path}: truncated legacy imatrix: {what} needs {n} bytes at offset {self.pos}, but the file "
                 f"ends at {len(self.data)}; the file is incomplete: copy or recompute it"
             )
@@ -245,8 +264,8 @@ class _Cursor:
         return struct.unpack("<i", self.take(4, what))[0]
 
 
-def _garbled(path: Path, offset: int, what: str) -> ValueError:
-    return ValueError(
+def _garbled(path: Path, offset: int, what: str) -> ImatrixError:
+    return ImatrixError(
         f"{path}: garbled legacy imatrix at offset {offset}: {what}; the file is not a llama-imatrix file or is "
         "corrupt: recompute it"
     )
@@ -304,17 +323,29 @@ def _read_dat_trailer(cur: _Cursor) -> tuple[int, list[str]]:
 
 
 def _read_gguf(path: Path) -> _Raw:
+    """_read_gguf_fields, with anything gguf-py raises on a garbled file (it decodes lazily) named as such."""
+    try:
+        return _read_gguf_fields(path)
+    except ImatrixError:
+        raise
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError, MemoryError) as exc:
+        raise ImatrixError(
+            f"{path}: garbled GGUF imatrix ({type(exc).__name__}: {exc}); copy or recompute the file"
+        ) from None
+
+
+def _read_gguf_fields(path: Path) -> _Raw:
     size = path.stat().st_size
     try:
         reader = GGUFReader(path, "r")
     except Exception as exc:  # gguf-py raises many types on garbage; all mean the same here
-        raise ValueError(
+        raise ImatrixError(
             f"{path}: truncated or garbled GGUF imatrix ({type(exc).__name__}: {exc}); copy or recompute the file"
         ) from exc
     fields = reader.fields
     missing = [k for k in (KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE) if k not in fields]
     if missing:
-        raise ValueError(
+        raise ImatrixError(
             f"{path}: GGUF file without imatrix metadata (missing {', '.join(missing)}); llama-quantize refuses it "
             "('missing imatrix metadata'): is this a model rather than an imatrix?"
         )
@@ -322,7 +353,7 @@ def _read_gguf(path: Path) -> _Raw:
     for key in (KEY_CHUNK_COUNT, KEY_CHUNK_SIZE):
         f = fields[key]
         if f.types != [GGUFValueType.UINT32]:
-            raise ValueError(f"{path}: {key} has type {[t.name for t in f.types]}, llama.cpp requires UINT32")
+            raise ImatrixError(f"{path}: {key} has type {[t.name for t in f.types]}, llama.cpp requires UINT32")
         scalars[key] = int(f.contents())
     datasets: list[str] = []
     f = fields[KEY_DATASETS]
@@ -335,7 +366,7 @@ def _read_gguf(path: Path) -> _Raw:
             if t.name.endswith(suffix):
                 pairs.setdefault(t.name[: -len(suffix)], {})[suffix] = t
     if not reader.tensors:
-        raise ValueError(f"{path}: GGUF imatrix with no tensors (llama-quantize: 'no data in file')")
+        raise ImatrixError(f"{path}: GGUF imatrix with no tensors (llama-quantize: 'no data in file')")
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, np.ndarray] = {}
     for name in sorted(pairs):
@@ -348,13 +379,13 @@ def _check_gguf_data_section(path: Path, size: int, reader: GGUFReader) -> None:
     expected = int(reader.data_offset)
     for t in reader.tensors:
         if int(t.data_offset) != expected:
-            raise ValueError(
+            raise ImatrixError(
                 f"{path}: garbled GGUF imatrix: tensor {t.name} starts at offset {t.data_offset}, ggml expects "
                 f"{expected} (tensor data must be contiguous and aligned to {reader.alignment}); recompute the file"
             )
         expected += -(-int(t.n_bytes) // reader.alignment) * reader.alignment
     if expected > size:
-        raise ValueError(
+        raise ImatrixError(
             f"{path}: truncated GGUF imatrix: the tensor data (with alignment padding) ends at offset {expected} but "
             f"the file has {size} bytes (ggml, hence llama-quantize, refuses it); copy or recompute the file"
         )
@@ -363,18 +394,18 @@ def _check_gguf_data_section(path: Path, size: int, reader: GGUFReader) -> None:
 def _read_gguf_pair(path: Path, name: str, pair: dict) -> tuple[np.ndarray, np.ndarray]:
     if set(pair) != {SUMS_SUFFIX, COUNTS_SUFFIX}:
         have = ", ".join(name + s for s in pair)
-        raise ValueError(
+        raise ImatrixError(
             f"{path}: imatrix entry {name!r} needs both {SUMS_SUFFIX} and {COUNTS_SUFFIX}, found only {have}"
         )
     arrays = []
     for suffix in (SUMS_SUFFIX, COUNTS_SUFFIX):
         t = pair[suffix]
         if int(t.tensor_type) != _GGUF_F32:
-            raise ValueError(f"{path}: tensor {t.name} has type {t.tensor_type.name}, llama.cpp requires F32")
+            raise ImatrixError(f"{path}: tensor {t.name} has type {t.tensor_type.name}, llama.cpp requires F32")
         arrays.append(np.asarray(t.data, dtype=np.float32).reshape(-1).copy())
     sums, raw_counts = arrays
     if raw_counts.size == 0 or sums.size % raw_counts.size:
-        raise ValueError(
+        raise ImatrixError(
             f"{path}: imatrix entry {name!r} has {sums.size} sums for {raw_counts.size} counts; the sums must split "
             "into one equal slice per count"
         )
@@ -418,16 +449,16 @@ def write_collected_imatrix(
     entries with no counts at all, and keeps only the last dataset name; it needs chunk_size >= 1.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown imatrix format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise ImatrixError(f"unknown imatrix format {fmt!r}; choose one of {', '.join(FORMATS)}")
     checked = {name: _check_stats(name, *stats[name]) for name in sorted(stats)}
     datasets = [str(d) for d in datasets]
     if fmt == "gguf":
         blob = _gguf_bytes(checked, datasets, chunk_count, chunk_size)
     else:
         if chunk_size < 1:
-            raise ValueError(f"the legacy imatrix format needs chunk_size >= 1 to compute ncall, got {chunk_size}")
+            raise ImatrixError(f"the legacy imatrix format needs chunk_size >= 1 to compute ncall, got {chunk_size}")
         blob = _dat_bytes(checked, datasets, chunk_count, chunk_size)
-    from cerebellum_ray.gguf_io import atomic_output
+    from .atomic import atomic_output
 
     path = Path(path)
     with atomic_output(path) as f:
@@ -439,12 +470,12 @@ def _check_stats(name: str, sums: np.ndarray, counts: np.ndarray) -> tuple[np.nd
     sums = np.ascontiguousarray(sums, dtype=np.float32).reshape(-1)
     counts = np.asarray(counts).reshape(-1)
     if counts.size == 0 or sums.size == 0 or sums.size % counts.size:
-        raise ValueError(
+        raise ImatrixError(
             f"imatrix entry {name!r}: {sums.size} sums and {counts.size} counts; need at least one of each and "
             "the same number of sums per count"
         )
     if np.any(counts < 0) or not np.array_equal(counts, np.round(counts)):
-        raise ValueError(f"imatrix entry {name!r}: counts must be non-negative integers, got {counts.tolist()[:8]}")
+        raise ImatrixError(f"imatrix entry {name!r}: counts must be non-negative integers, got {counts.tolist()[:8]}")
     return sums, counts.astype(np.int64)
 
 
@@ -502,4 +533,4 @@ def _pad(n: int) -> int:
     return (n + _GGUF_ALIGNMENT - 1) // _GGUF_ALIGNMENT * _GGUF_ALIGNMENT
 
 
-__all__ = ["FORMATS", "Imatrix", "load_imatrix", "save_imatrix", "write_collected_imatrix"]
+__all__ = ["FORMATS", "Imatrix", "ImatrixError", "load_imatrix", "save_imatrix", "write_collected_imatrix"]

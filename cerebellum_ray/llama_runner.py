@@ -8,8 +8,9 @@ output buffer, valid until the next decode.
 
 from __future__ import annotations
 
-import llama_cpp  # noqa: F401  (must be imported before numpy: a CUDA build crashes otherwise)
+from ._llama import llama_cpp  # noqa: F401  (first: before numpy)
 
+import collections
 import ctypes
 import os
 import threading
@@ -17,12 +18,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import CerebellumError
+
 _log_lock = threading.Lock()
 _log_callback = None
+_recent_errors: collections.deque[str] = collections.deque(maxlen=8)
+LOG_LEVEL_ERROR = 4  # enum ggml_log_level: GGML_LOG_LEVEL_ERROR
 
 
 def quiet_llama_logs() -> None:
-    """Route llama.cpp's log lines to nowhere except errors (level 4) once per process."""
+    """Install (once per process) a log callback that keeps llama.cpp's last error lines for our own messages and
+    prints nothing; CEREBELLUM_LLAMA_LOG=1 also echoes them to stderr."""
     global _log_callback
     with _log_lock:
         if _log_callback is not None:
@@ -30,19 +36,30 @@ def quiet_llama_logs() -> None:
 
         @llama_cpp.llama_log_callback
         def _cb(level, text, user_data):  # pragma: no cover - called from C
-            if level == 4 and os.environ.get("CEREBELLUM_LLAMA_LOG") != "0":
-                os.write(2, text)
+            if level == LOG_LEVEL_ERROR:
+                line = text.decode("utf-8", "replace").strip()
+                if line:
+                    _recent_errors.append(line)
+                if os.environ.get("CEREBELLUM_LLAMA_LOG") == "1":
+                    os.write(2, text)
 
         _log_callback = _cb
         llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+def _llama_says() -> str:
+    """llama.cpp's own error lines since the last call (for messages), emptied."""
+    lines = list(_recent_errors)
+    _recent_errors.clear()
+    return ("; llama.cpp: " + " / ".join(lines[-3:])) if lines else ""
 
 
 def gpu_available() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload()) and os.environ.get("CUDA_VISIBLE_DEVICES", "x") != ""
 
 
-class LlamaError(RuntimeError):
-    pass
+class LlamaError(CerebellumError):
+    """llama.cpp refused a model, a context or a batch; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -55,10 +72,28 @@ class RunnerConfig:
     kv_unified: bool = False  # True: one KV cache shared by all sequences (each token attends to all, masked)
 
 
+MAX_CONTEXT = 1 << 24  # tokens per context: far beyond any model; larger values are typing mistakes
+
+
+def _check_config(config: RunnerConfig) -> None:
+    """Refuse settings llama.cpp would crash or fail on, before anything is loaded."""
+    for name in ("n_ctx", "n_seq"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise LlamaError(f"{name} must be a positive integer, got {value!r}")
+    if config.n_ctx * config.n_seq > MAX_CONTEXT:
+        raise LlamaError(f"a context of {config.n_ctx} x {config.n_seq} sequences = {config.n_ctx * config.n_seq} "
+                         f"tokens is more than {MAX_CONTEXT}; use a smaller context")
+    if config.n_batch is not None and config.n_batch < 1:
+        raise LlamaError(f"n_batch must be a positive integer, got {config.n_batch!r}")
+
+
 class LlamaRunner:
     """One model + one context. Not thread-safe: use one runner per thread/process."""
 
     def __init__(self, model_path: str | os.PathLike, config: RunnerConfig = RunnerConfig()):
+        self.model = self.ctx = self.batch = None  # what close() frees: set only once owned
+        _check_config(config)
         quiet_llama_logs()
         llama_cpp.llama_backend_init()
         self.config = config
@@ -67,9 +102,14 @@ class LlamaRunner:
         if gpu_layers is None:
             gpu_layers = -1 if gpu_available() else 0
         mparams.n_gpu_layers = gpu_layers
-        self.model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), mparams)
-        if not self.model:
-            raise LlamaError(f"llama.cpp could not load {model_path} (see the error above)")
+        if not os.path.isfile(model_path):
+            raise LlamaError(f"{model_path}: no such model file")
+        _llama_says()
+        model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), mparams)
+        if not model:
+            raise LlamaError(f"llama.cpp could not load {model_path}{_llama_says()}; check the file with "
+                             "`cerebellum-ray inspect`")
+        self.model = model
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
         self.n_batch = config.n_batch or config.n_ctx * config.n_seq
@@ -87,10 +127,12 @@ class LlamaRunner:
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True
-        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
-        if not self.ctx:
-            llama_cpp.llama_model_free(self.model)
-            raise LlamaError(f"llama.cpp could not create a context of {cparams.n_ctx} tokens for {model_path}")
+        ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        if not ctx:
+            self.close()  # frees the model once (close() is idempotent: a later close or __del__ frees nothing)
+            raise LlamaError(f"llama.cpp could not create a context of {cparams.n_ctx} tokens for {model_path}"
+                             f"{_llama_says()}; use a smaller context")
+        self.ctx = ctx
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, config.n_seq)
         self._bind_batch_views()
@@ -116,7 +158,7 @@ class LlamaRunner:
         cached = self._pieces.get(token)
         if cached is None:
             buf = ctypes.create_string_buffer(256)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)  # lstrip 0, special off
             cached = self._pieces[token] = buf.raw[: max(n, 0)]
         return cached
 
@@ -129,7 +171,7 @@ class LlamaRunner:
     # ---- decoding ------------------------------------------------------------------------------------------------
 
     def clear(self) -> None:
-        llama_cpp.llama_memory_clear(self.memory, True)
+        llama_cpp.llama_memory_clear(self.memory, True)  # data too, not only the metadata
 
     def remove_sequence(self, seq_id: int) -> None:
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
@@ -156,7 +198,7 @@ class LlamaRunner:
         self._want[:n] = want
         rc = llama_cpp.llama_decode(self.ctx, self.batch)
         if rc != 0:
-            raise LlamaError(f"llama_decode failed with code {rc} (batch of {n} tokens)")
+            raise LlamaError(f"llama_decode failed with code {rc} (batch of {n} tokens){_llama_says()}")
         n_out = int(want.sum())
         if n_out == 0:
             return np.empty((0, self.n_vocab), dtype=np.float32)
@@ -180,6 +222,7 @@ class LlamaRunner:
             b.seq_id[i] = ctypes.cast(base + 4 * i, self._int_p)
 
     def close(self) -> None:
+        """Free the batch, the context and the model, each exactly once (safe to call again)."""
         if getattr(self, "batch", None) is not None:
             for i, addr in enumerate(self._seq_ptrs_orig):
                 self.batch.seq_id[i] = ctypes.cast(addr, self._int_p)

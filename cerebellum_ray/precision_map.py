@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Iterable, Mapping, Sequence
 
+from .errors import CerebellumError
 from .catalog import ModelCatalog, load_catalog
 from .ggml_types import FILE_TYPES, fallback_type, ggml_type
 
 
-class MapError(ValueError):
+class MapError(CerebellumError):
     """A precision map that cannot be applied to this model; the message names tensor, value, rule and fix."""
 
 
@@ -53,6 +54,13 @@ class MapSpec:
     fallback: bool = False
 
     def __post_init__(self):
+        for name in ("base", "like"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise MapError(f"`{name}` must be a string, got {value!r}" +
+                               (" (a llama.cpp preset name such as Q4_K_M)" if name == "base" else " (a GGUF path)"))
+        if not isinstance(self.fallback, bool):
+            raise MapError(f"`fallback` must be true or false, got {self.fallback!r}")
         if self.base and self.like:
             raise MapError("a map has either a `base` preset or a `like` file, not both")
         if self.base is not None:
@@ -112,23 +120,21 @@ def parse_tensor_type_lines(text: str) -> list[Rule]:
 
 
 def spec_from_data(data: Any, where: str = "map") -> MapSpec:
-    """A MapSpec from parsed YAML/JSON: either a flat {pattern: TYPE} mapping or {base|like, fallback, types}."""
+    """A MapSpec from parsed YAML/JSON: either a flat {pattern: TYPE} mapping or {base|like, fallback, types}
+    (checked against schema.MAP_SCHEMA first: types, unknown keys)."""
+    from .schema import MAP_FLAT_SCHEMA, MAP_KEYS, MAP_STRUCTURED_SCHEMA, validate
+
     if not isinstance(data, Mapping):
         raise MapError(f"{where}: expected a mapping of tensor name or regex to type, got {type(data).__name__}")
-    structured = {"types", "base", "like", "fallback"} & set(data)
+    structured = bool(set(MAP_KEYS) & set(data))
+    validate(data, MAP_STRUCTURED_SCHEMA if structured else MAP_FLAT_SCHEMA, where, MapError)
     if structured:
-        unknown = set(data) - {"types", "base", "like", "fallback"}
-        if unknown:
-            raise MapError(f"{where}: unknown keys {sorted(unknown)}; allowed: base, like, fallback, types")
         types = data.get("types") or {}
-        if not isinstance(types, Mapping):
-            raise MapError(f"{where}: `types` must be a mapping of tensor name or regex to type")
-        return MapSpec(
-            rules=tuple(_rule(k, v, where) for k, v in types.items()),
-            base=data.get("base"),
-            like=data.get("like"),
-            fallback=bool(data.get("fallback", False)),
-        )
+        try:
+            return MapSpec(rules=tuple(_rule(k, v, where) for k, v in types.items()), base=data.get("base"),
+                           like=data.get("like"), fallback=data.get("fallback", False))
+        except MapError as exc:
+            raise MapError(f"{where}: {exc}") from None
     return MapSpec(rules=tuple(_rule(k, v, where) for k, v in data.items()))
 
 
@@ -141,19 +147,12 @@ def _rule(pattern: Any, type_name: Any, where: str) -> Rule:
 
 def load_spec(path: str | os.PathLike) -> MapSpec:
     """Read a map file: .yaml/.yml/.json, or anything else as llama-quantize tensor-type lines."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise MapError(f"cannot read map file {path}: {exc.strerror}") from None
-    if path.suffix.lower() in (".yaml", ".yml", ".json"):
-        import yaml  # JSON is YAML
+    from .schema import parse_yaml, read_document_text
 
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise MapError(f"{path}: not valid YAML/JSON: {exc}") from None
-        return spec_from_data(data or {}, where=str(path))
+    path = Path(path)
+    text = read_document_text(path, MapError, "map")
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        return spec_from_data(parse_yaml(text, str(path), MapError) or {}, where=str(path))
     return MapSpec(rules=tuple(parse_tensor_type_lines(text)))
 
 
@@ -216,13 +215,16 @@ def _base_types(catalog: ModelCatalog, spec: MapSpec, has_imatrix: bool) -> tupl
 
 
 def _matching(catalog: ModelCatalog, rule: Rule) -> list[str]:
+    from .errors import CerebellumError
+    from .schema import matching_names
+
     if rule.pattern in catalog.by_name:
         return [rule.pattern]
     try:
-        regex = re.compile(rule.pattern)
-    except re.error as exc:
-        raise MapError(f"rule {rule.pattern!r}: not a tensor name and not a valid regular expression ({exc})") from None
-    return [t.name for t in catalog.tensors if t.quantizable and regex.search(t.name)]
+        return matching_names(rule.pattern, catalog.by_name, f"rule {rule.pattern}={rule.type}",
+                              keep=lambda n: catalog.by_name[n].quantizable)
+    except CerebellumError as exc:
+        raise MapError(f"{exc}; a rule is a tensor name or a regular expression") from None
 
 
 def resolve(catalog: ModelCatalog, spec: MapSpec, has_imatrix: bool = False) -> PrecisionMap:
@@ -264,16 +266,23 @@ def _legal_type(catalog: ModelCatalog, name: str, rule: Rule, allow_fallback: bo
     if ggml_type(rule.type).fits_row(t.n_per_row):
         return rule.type
     if allow_fallback:
-        got = fallback_type(rule.type, t.n_per_row)
+        try:
+            got = fallback_type(rule.type, t.n_per_row)
+        except CerebellumError as exc:
+            raise MapError(f"tensor {name}: rule {rule.pattern}={rule.type}: rows of {t.n_per_row} elements do not "
+                           f"fit it, {exc}; legal types: {', '.join(t.legal_types)}") from None
         fallbacks.append(
             Fallback(name, rule.type, got, f"row length {t.n_per_row} is not a multiple of {rule.type}'s block")
         )
         return got
     block = ggml_type(rule.type).block_size
+    try:
+        way_out = f"or pass --fallback to take llama.cpp's choice ({fallback_type(rule.type, t.n_per_row)})"
+    except CerebellumError as exc:
+        way_out = f"and no fallback exists: {exc}"
     raise MapError(
         f"tensor {name}: rule {rule.pattern}={rule.type} is illegal: rows of {t.n_per_row} elements are not a "
-        f"multiple of {rule.type}'s block of {block}. Legal types: {', '.join(t.legal_types)}; "
-        f"or pass --fallback to take llama.cpp's choice ({fallback_type(rule.type, t.n_per_row)})"
+        f"multiple of {rule.type}'s block of {block}. Legal types: {', '.join(t.legal_types)}; {way_out}"
     )
 
 
@@ -305,9 +314,27 @@ def by_group(catalog: ModelCatalog, pmap: PrecisionMap) -> dict[str, dict[str, i
     return out
 
 
-def rules_from_pairs(pairs: Iterable[str]) -> tuple[Rule, ...]:
-    """`name-or-regex=TYPE` strings (the CLI's --set) as rules."""
-    return tuple(parse_tensor_type_lines(" ".join(pairs))) if pairs else ()
+def rules_from_pairs(pairs: Iterable[str | Rule], option: str = "--set") -> tuple[Rule, ...]:
+    """`NAME=TYPE` strings (the CLI's --set) as rules; NAME is a tensor name or a regular expression, kept exactly
+    as written (unlike llama-quantize's tensor-type files, which are lower-cased: a rule means what it says in YAML
+    maps and on the command line alike). A pattern given twice with different types is refused."""
+    rules: list[Rule] = []
+    for item in pairs:
+        if isinstance(item, Rule):
+            rules.append(item)
+            continue
+        pattern, sep, type_name = str(item).strip().rpartition("=")
+        if not sep or not pattern or not type_name:
+            raise MapError(f"malformed {option} {item!r}: expected TENSOR=TYPE, e.g. blk.8.ffn_gate_inp.weight=Q8_0")
+        try:
+            rules.append(Rule(pattern, type_name))
+        except ValueError as exc:
+            raise MapError(f"{option} {item}: {exc}") from None
+    seen: dict[str, str] = {}
+    for r in rules:
+        if seen.setdefault(r.pattern, r.type) != r.type:
+            raise MapError(f"{option} {r.pattern} is given twice with different types ({seen[r.pattern]}, {r.type})")
+    return tuple(rules)
 
 
 def merge_specs(spec: MapSpec, extra_rules: Sequence[Rule] = (), base: str | None = None,

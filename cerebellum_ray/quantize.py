@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .errors import CerebellumError
 from . import _ggml
 from .ggml_types import GGMLType, ggml_type
 
@@ -23,7 +24,7 @@ from .ggml_types import GGMLType, ggml_type
 CHUNK_ELEMENTS = 256 * 1024
 
 
-class QuantizeError(ValueError):
+class QuantizeError(CerebellumError):
     """A tensor that cannot be quantized as asked: the message names the tensor, the rule and the fix."""
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from . import store
-from .gguf_io import atomic_output
+from .atomic import atomic_output, check_destination, refuse_store_files
+from .errors import CerebellumError
 
 _ABLATION_LABEL = re.compile(r"^(group|layer|router) (\S+)=(\S+)$")
 
@@ -35,7 +36,8 @@ def _png_data_uri(draw) -> str:
 
 
 def _front_png(rows, refs, study: str) -> str | None:
-    from .pareto import compute_fronts, plot_png
+    from .pareto import compute_fronts
+    from .plots import plot_png
 
     fronts = compute_fronts(rows, ["size", "kld"])
     if not any(f.points for f in fronts):
@@ -124,12 +126,14 @@ def budget(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_report(store_dir: str, study: str, out: str) -> Path:
-    from .cli import REFERENCE_STRATEGIES
+    from .store import REFERENCE_STRATEGIES
     from .pareto import compute_fronts
 
+    check_destination(out)
+    refuse_store_files(out, store_dir)
     rows = store.rows(store_dir, [study])
     if not rows:
-        raise ValueError(f"study {study!r} has no trials in {store_dir}")
+        raise CerebellumError(f"study {study!r} has no trials in {store_dir}")
     refs = [r for r in store.rows(store_dir) if r["strategy"] in REFERENCE_STRATEGIES and r["status"] == "complete"]
     search = [r for r in rows if r["strategy"] not in REFERENCE_STRATEGIES]
     fronts = compute_fronts(search, ["size", "kld"]) if search else []

@@ -9,7 +9,7 @@ chunk (with standard errors), so a scheduler can stop a hopeless trial early; it
 
 from __future__ import annotations
 
-import llama_cpp  # noqa: F401  (before numpy)
+from ._llama import llama_cpp  # noqa: F401  (first: before numpy)
 
 import math
 import os
@@ -20,16 +20,19 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from .errors import CerebellumError
 from .llama_runner import LlamaRunner, RunnerConfig
-from .logprobs import TopK, compare_to_reference, target_logprobs, top_k
+from .logprobs import compare_to_reference, concat_topk, llama_median, llama_percentile, target_logprobs, top_k
 from .reference import (
-    Reference, ReferenceKey, default_reference_dir, file_digest, load_reference, save_reference, tokens_digest,
+    Reference, ReferenceKey, default_reference_dir, load_reference, save_reference, tokens_digest,
 )
+from .digests import file_digest
 
-DEFAULT_TOP_K = 128  # top-K KLD error on the tiny models: see bench/RESULTS.md
+DEFAULT_TOP_K = 128  # reference tokens kept exactly per position
+DEFAULT_TAIL_SAMPLES = 128  # tokens sampled from the rest of the vocabulary per position (KLD within 1 %: RESULTS)
 
 
-class ScoreError(ValueError):
+class ScoreError(CerebellumError):
     pass
 
 
@@ -41,6 +44,7 @@ class EvalSpec:
     n_ctx: int = 512
     n_chunks: int | None = None
     top_k: int = DEFAULT_TOP_K
+    tail_samples: int = DEFAULT_TAIL_SAMPLES
 
 
 @dataclass(frozen=True)
@@ -98,15 +102,16 @@ def summarize(model: str, spec_n_ctx: int, chunks_done: int, n_chunks: int, nll:
         return rec
     kld = cmp["kld"]
     kld_mean, kld_se = _mean_se(kld)
-    p50, p90, p99, p999 = np.percentile(kld, [50, 90, 99, 99.9])
     same = float(cmp["same_top"].mean())
     dp2 = cmp["delta_p"] ** 2
     ms, ms_se = _mean_se(dp2)
     rms = math.sqrt(ms)
+    n = len(kld)
+    # percentiles, median and the same-top error as llama-perplexity defines them (logprobs.llama_percentile)
     return replace(
-        rec, kld=kld_mean, kld_se=kld_se, kld_median=float(p50), kld_p90=float(p90), kld_p99=float(p99),
-        kld_p999=float(p999), kld_max=float(kld.max()), same_top=same,
-        same_top_se=math.sqrt(same * (1 - same) / len(kld)), rms_dp=rms,
+        rec, kld=kld_mean, kld_se=kld_se, kld_median=llama_median(kld), kld_p90=llama_percentile(kld, 0.90),
+        kld_p99=llama_percentile(kld, 0.99), kld_p999=llama_percentile(kld, 0.999), kld_max=float(kld.max()),
+        same_top=same, same_top_se=math.sqrt(same * (1 - same) / (n - 1)) if n > 1 else 0.0, rms_dp=rms,
         rms_dp_se=ms_se / (2 * rms) if rms > 0 else 0.0, reference_ppl=reference.ppl, top_k=reference.key.top_k,
     )
 
@@ -183,10 +188,19 @@ def score_stream(model_path: str | os.PathLike, spec: EvalSpec, reference: Refer
     if own:
         runner = LlamaRunner(model_path, config or RunnerConfig(n_ctx=spec.n_ctx))
     try:
-        tokens = runner.tokenize(spec.text, add_bos=True)
-        n_chunks = plan_chunks(tokens, spec.n_ctx, spec.n_chunks)
+        if reference is not None and reference.tokens is not None:  # a llama-perplexity file: its tokens
+            tokens, n_chunks = np.asarray(reference.tokens), reference.key.n_chunks
+            if reference.key.n_ctx != spec.n_ctx or (reference.n_vocab and reference.n_vocab != runner.n_vocab):
+                raise ScoreError(f"the reference {reference.model_path} was made with context {reference.key.n_ctx} "
+                                 f"and {reference.n_vocab} vocabulary entries; this run has context {spec.n_ctx} and "
+                                 f"a model of {runner.n_vocab}: use --ctx {reference.key.n_ctx} and the same "
+                                 "tokenizer")
+        else:
+            tokens = runner.tokenize(spec.text, add_bos=True)
+            n_chunks = plan_chunks(tokens, spec.n_ctx, spec.n_chunks)
         if reference is not None:
-            reference.check(ReferenceKey("", tokens_digest(tokens), spec.n_ctx, n_chunks, reference.key.top_k))
+            reference.check(ReferenceKey("", tokens_digest(tokens), spec.n_ctx, n_chunks, reference.key.top_k,
+                                         reference.key.tail_samples))
         per_chunk = spec.n_ctx - 1 - spec.n_ctx // 2
         n_seq = runner.config.n_seq
         nll_parts, cmp_parts = [], []
@@ -198,10 +212,8 @@ def score_stream(model_path: str | os.PathLike, spec: EvalSpec, reference: Refer
                 if reference is None:
                     nll_parts.append(-target_logprobs(logits, targets))
                     continue
-                sl = slice(c * per_chunk, (c + 1) * per_chunk)
-                ref = TopK(reference.topk.ids[sl], reference.topk.logprobs[sl], reference.topk.log_rest[sl],
-                           reference.topk.target_logprob[sl])
-                cmp = compare_to_reference(logits, ref, targets)
+                cmp = compare_to_reference(logits, reference.topk.rows(slice(c * per_chunk, (c + 1) * per_chunk)),
+                                           targets)
                 nll_parts.append(-cmp.target_logprob)
                 cmp_parts.append(cmp)
             done = ids[-1] + 1
@@ -233,13 +245,12 @@ def compute_reference(model_path: str | os.PathLike, spec: EvalSpec, config: Run
         for g in range(0, n_chunks, runner.config.n_seq):
             ids = list(range(g, min(n_chunks, g + runner.config.n_seq)))
             for c, logits in iter_chunk_logits(runner, tokens, ids, spec.n_ctx):
-                tk = top_k(logits, spec.top_k, _targets(tokens, c, spec.n_ctx))
+                tk = top_k(logits, spec.top_k, _targets(tokens, c, spec.n_ctx), spec.tail_samples)
                 parts.append(tk)
                 nll.append(-tk.target_logprob.astype(np.float64))
-    topk = TopK(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("ids", "logprobs", "log_rest",
-                                                                           "target_logprob")))
+    topk = concat_topk(parts)
     key = ReferenceKey(model_digest or file_digest(model_path), tokens_digest(tokens), spec.n_ctx, n_chunks,
-                       topk.ids.shape[1])
+                       topk.k, topk.tail_samples)
     return Reference(key, topk, str(model_path), float(math.exp(np.concatenate(nll).mean())))
 
 
@@ -266,4 +277,22 @@ def reference_for(reference_model: str | None, cache_path: str | None, spec: Eva
     return ref
 
 
-__all__ = ["EvalSpec", "ScoreRecord", "ScoreError", "score", "score_stream", "compute_reference", "reference_for"]
+def llama_reference(path: str | os.PathLike, top_k: int = DEFAULT_TOP_K,
+                    tail_samples: int = DEFAULT_TAIL_SAMPLES) -> Reference:
+    """The reference in a `llama-perplexity --kl-divergence-base` file, converted once and cached (by the file's
+    digest, K and S) in the default reference directory."""
+    from .reference import reference_from_llama_logits
+
+    if not Path(path).is_file():
+        raise ScoreError(f"{path}: no such llama-perplexity --kl-divergence-base file")
+    digest = file_digest(path, default_reference_dir() / "digests")
+    cached = default_reference_dir() / f"llama-{digest[:24]}-k{top_k}-s{tail_samples}"
+    if (cached / "meta.json").exists():
+        return load_reference(cached)
+    ref = reference_from_llama_logits(path, top_k, tail_samples, digest)
+    save_reference(ref, cached)
+    return ref
+
+
+__all__ = ["EvalSpec", "ScoreRecord", "ScoreError", "score", "score_stream", "compute_reference", "reference_for",
+           "llama_reference"]

@@ -13,131 +13,26 @@ Resume: the Tune experiment lives in <store>/_tune/<study> and the Optuna study 
 
 from __future__ import annotations
 
-import llama_cpp  # noqa: F401  (before numpy)
+from ._llama import llama_cpp  # noqa: F401  (first: before numpy)
 
-import hashlib
 import json
 import logging
-import math
-import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from collections.abc import Mapping
 
-from . import __version__, store
+from . import store
 from .catalog import load_catalog
-from .space import SearchSpace, load_space
-from .trial import TrialContext, ray_trainable
+from .search_runtime import (  # noqa: F401  (SearchOptions, SearchResult, prepare, ... are this module's API too)
+    SearchOptions, SearchResult, init_ray, make_callbacks, prepare, trial_resources, with_base,
+)
+from .space import SearchSpace
+from .trial import MAP_KEY, TrialContext, ray_trainable
 
 log = logging.getLogger("cerebellum_ray.search")
 PENALTY = 1e6  # objective value told to Optuna for a point that violates a constraint (never built)
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    space_file: str
-    source: str
-    study: str
-    store_dir: str
-    strategy: str = "optuna"
-    reference: str | None = None  # reference model; default: the source itself
-    imatrix: str | None = None
-    trials: int | None = None  # default: the space's search.trials
-    gpus_per_trial: float = 0.0
-    cpus_per_trial: float = 1.0
-    max_concurrent: int | None = None
-    scheduler: str = "dominance"  # dominance | asha | none
-    max_failures: int = 2
-    resume: bool = False
-    address: str | None = None
-    storage_path: str | None = None  # Ray Tune experiment storage (shared FS or s3:// on a cluster)
-    cache_dir: str | None = None
-    seed: int | None = None
-    verbose: bool = True
-    num_cpus: int | None = None  # for a local Ray started by us
-    num_gpus: float | None = None
-    presets: tuple[str, ...] = ()  # strategy "presets": llama.cpp presets to score as reference points
-    warm_start: tuple[str, ...] = ()  # studies (e.g. an ablation) whose results seed a new Optuna study
-    map_file: str | None = None  # strategy "fixed": a precision map file to score
-    base: str | None = None  # a llama.cpp preset replacing the space's base (e.g. an ablation from Q3_K_M)
-
-
-# ---- preparation ---------------------------------------------------------------------------------------------------
-
-
-def eval_text(space: SearchSpace) -> str:
-    if space.evaluation.text:
-        path = Path(space.evaluation.text)
-        if not path.is_absolute():
-            path = Path(space.source_file).parent / path
-        return path.read_text()
-    from .cli import default_text
-
-    return default_text()
-
-
-def prepare(opts: SearchOptions, work_dir: Path | None = None) -> TrialContext:
-    """Validate the space against the model and compute the reference once (nothing runs if anything is wrong)."""
-    from .reference import default_reference_dir, file_digest, load_reference, save_reference
-    from .score import EvalSpec, compute_reference
-
-    catalog = load_catalog(opts.source)
-    space = load_space(opts.space_file, catalog)
-    if opts.base:
-        space = with_base(space, catalog, opts.base)
-    text = eval_text(space)
-    ev = space.evaluation
-    spec = EvalSpec(text, n_ctx=ev.ctx, n_chunks=ev.chunks, top_k=ev.top_k)
-    # KLD is always recorded (the reference pass runs once per study and is cached across studies)
-    ref_model = opts.reference or opts.source
-    digest = file_digest(ref_model, default_reference_dir() / "digests")
-    key = hashlib.sha256(json.dumps([digest, hashlib.sha256(text.encode()).hexdigest(), ev.ctx, ev.chunks,
-                                     ev.top_k]).encode()).hexdigest()
-    cached = default_reference_dir() / f"search-{key}"
-    if (cached / "meta.json").exists():
-        reference = load_reference(cached)
-    else:
-        reference = compute_reference(ref_model, spec, model_digest=digest)
-        save_reference(reference, cached)
-    reference = _materialize(reference)
-    eval_hash = hashlib.sha256(json.dumps([hashlib.sha256(text.encode()).hexdigest(), ev.ctx, ev.chunks, ev.top_k,
-                                           ev.humaneval_limit, list(ev.mc),
-                                           reference.key.digest]).encode()).hexdigest()
-    return TrialContext(
-        study=opts.study, source=str(Path(opts.source).resolve()), space=space, eval_text=text, eval_hash=eval_hash,
-        reference=reference, imatrix_path=str(Path(opts.imatrix).resolve()) if opts.imatrix else None,
-        cache_dir=opts.cache_dir, work_dir=str(work_dir) if work_dir else None,
-        # one llama.cpp/quantizer thread per CPU granted: ggml's threads spin while waiting, so oversubscribed
-        # trials slow each other down by an order of magnitude
-        n_threads=max(1, int(opts.cpus_per_trial)),
-        store_dir=str(Path(opts.store_dir).resolve()),
-    )
-
-
-def with_base(space: SearchSpace, catalog, preset: str) -> SearchSpace:
-    """The space with `preset` as its base map (checked against the model now, before anything runs)."""
-    from dataclasses import replace
-
-    from .precision_map import MapSpec, resolve
-
-    base = MapSpec(base=preset, fallback=space.base.fallback)
-    resolve(catalog, base)  # an unknown preset, or one whose types the model's rows cannot take, fails here
-    return replace(space, base=base)
-
-
-def _materialize(ref):
-    """Copy memory-mapped arrays so the reference pickles into Ray's object store."""
-    import numpy as np
-
-    from .logprobs import TopK
-    from .reference import Reference
-
-    t = ref.topk
-    return Reference(ref.key, TopK(*(np.array(a) for a in (t.ids, t.logprobs, t.log_rest, t.target_logprob))),
-                     ref.model_path, ref.ppl)
 
 
 # ---- the Optuna searcher -------------------------------------------------------------------------------------------
@@ -268,17 +163,19 @@ def add_finished_trials(study, space: SearchSpace, points: list[tuple[Mapping[st
 # ---- early stopping -----------------------------------------------------------------------------------------------
 
 
-def _make_dominance_stopper(space: SearchSpace, min_chunks: int = 2):
+def _make_dominance_stopper(space: SearchSpace, finished=(), min_chunks: int = 2):
+    """The default early stopping (see DominanceStopper); `finished` seeds it with (size in GB, quality) of results
+    already known under this evaluation (this study's stored rows, warm-start rows)."""
     from ray.tune.stopper import Stopper
 
-    quality = next((o for o in space.objectives if o in ("kld", "ppl")), None)
+    quality = space.quality
 
     class DominanceStopper(Stopper):
         """Stop a trial whose running quality is hopeless: a finished trial at most as large is better by more
         than 3 standard errors of the running estimate (checked after `min_chunks` chunks)."""
 
         def __init__(self):
-            self.finished: list[tuple[float, float]] = []  # (size, quality)
+            self.finished: list[tuple[float, float]] = list(finished)  # (size, quality)
 
         def __call__(self, trial_id: str, result: dict) -> bool:
             if quality is None:
@@ -297,189 +194,13 @@ def _make_dominance_stopper(space: SearchSpace, min_chunks: int = 2):
     return DominanceStopper()
 
 
-# ---- driver-side callbacks ----------------------------------------------------------------------------------------
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"cerebellum-ray": __version__}
-    for pkg in ("llama-cpp-python", "ray", "optuna", "gguf", "numpy", "pyarrow"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def _make_callbacks(ctx: TrialContext, opts: SearchOptions, strategy: str, labels: Mapping[str, str] | None = None):
-    from ray import tune
-
-    catalog = load_catalog(ctx.source)
-    base_map = None  # the space's base map, resolved on first use
-    versions = _versions()
-
-    class StoreCallback(tune.Callback):
-        """Append one row per finished trial to the store (the driver is the only writer)."""
-
-        def __init__(self):
-            self.started: dict[str, float] = {}
-            self.metrics = _RayMetrics()
-
-        def on_trial_start(self, iteration, trials, trial, **info):
-            self.started[trial.trial_id] = time.time()
-
-        def _what(self, trial):
-            """(params, label, map) of a trial: a point of the space, or a fixed map (presets, map files)."""
-            if "__map" in trial.config:
-                from .trial import map_from_spec
-
-                spec = trial.config["__map"]
-                return spec, spec.get("label"), map_from_spec(ctx, spec)
-            source = trial.config["__point"] if "__point" in trial.config else trial.config
-            point = {d.param: int(source[d.param]) for d in ctx.space.dimensions if d.param in source}
-            pmap = ctx.space.map_for(catalog, point)
-            return point, (labels or {}).get(json.dumps(point, sort_keys=True)), pmap
-
-        def _row(self, trial, status: str, error: str | None = None) -> dict[str, Any]:
-            params, label, pmap = self._what(trial)
-            row: dict[str, Any] = {
-                "study": ctx.study, "trial_id": trial.trial_id, "strategy": strategy, "status": status,
-                "error": error, "params": params, "label": label, "eval_hash": ctx.eval_hash, "versions": versions,
-                "started_at": self.started.get(trial.trial_id, time.time()), "finished_at": time.time(),
-                "optuna_trial": trial.config.get("optuna_trial"), "gpus": opts.gpus_per_trial,
-            }
-            if pmap is not None:
-                row.update(map=dict(pmap.types), map_hash=pmap.digest, n_changed=len(pmap.changed_from(_base_map())))
-            result = trial.last_result or {}
-            row.update({c: result[c] for c in store.SCHEMA.names if c in result and c not in row})
-            return row
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            if (trial.last_result or {}).get("from_store"):
-                return  # stored before the driver died; the row is already there
-            status = "complete" if (trial.last_result or {}).get("final") else "pruned"
-            row = self._row(trial, status)
-            store.append(opts.store_dir, row)
-            self.metrics.record(row)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            err = str(getattr(trial, "error_file", "") or "")
-            message = _error_message(trial) or err
-            store.append(opts.store_dir, self._row(trial, "failed", message))
-
-    def _base_map():
-        nonlocal base_map
-        if base_map is None:
-            from .precision_map import resolve
-
-            base_map = resolve(catalog, ctx.space.base)
-        return base_map
-
-    callbacks = [StoreCallback()]
-    if opts.verbose:
-        callbacks.append(_make_progress_callback(ctx))
-    return callbacks
-
-
-def _error_message(trial) -> str:
-    try:
-        path = Path(trial.local_path) / "error.txt"
-        text = path.read_text().strip().splitlines()
-        return text[-1][:2000] if text else ""
-    except Exception:
-        return ""
-
-
-class _RayMetrics:
-    """Custom metrics in Ray's metrics system (Prometheus on each node's metrics port, prefixed ray_)."""
-
-    def __init__(self):
-        try:
-            from ray.util.metrics import Counter, Gauge, Histogram
-
-            self.finished = Counter("cerebellum_trials_finished", description="trials finished",
-                                    tag_keys=("study", "status"))
-            self.best_kld = Gauge("cerebellum_best_kld", description="best mean KLD so far", tag_keys=("study",))
-            bounds = [0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600]
-            self.build_s = Histogram("cerebellum_build_seconds", boundaries=bounds, tag_keys=("study",))
-            self.score_s = Histogram("cerebellum_score_seconds", boundaries=bounds, tag_keys=("study",))
-            self.best = math.inf
-        except Exception:  # pragma: no cover - metrics are best effort
-            self.finished = None
-
-    def record(self, row: Mapping[str, Any]) -> None:
-        if self.finished is None:
-            return
-        tags = {"study": row["study"]}
-        self.finished.inc(1, tags={**tags, "status": row["status"]})
-        for name, hist in (("build_s", self.build_s), ("score_s", self.score_s)):
-            if row.get(name) is not None:
-                hist.observe(float(row[name]), tags=tags)
-        if row["status"] == "complete" and row.get("kld") is not None and row["kld"] < self.best:
-            self.best = row["kld"]
-            self.best_kld.set(self.best, tags=tags)
-
-
-def _make_progress_callback(ctx: TrialContext):
-    from ray import tune
-
-    class Progress(tune.Callback):
-        """A live terminal view: one line per finished trial, a status line every 15 s."""
-
-        def __init__(self):
-            self.last = 0.0
-            self.done = 0
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            now = time.time()
-            if now - self.last > 15:
-                self.last = now
-                running = sum(t.status == "RUNNING" for t in trials)
-                print(f"  [{time.strftime('%H:%M:%S')}] running {running}, finished {self.done}", flush=True)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self.done += 1
-            r = trial.last_result or {}
-            status = "complete" if r.get("final") else "pruned after {} chunks".format(r.get("chunks_done"))
-            kld = f"kld {r['kld']:.4f}" if "kld" in r else ""
-            print(f"  trial {trial.trial_id}: {status}, {r.get('bpw', float('nan')):.3f} bpw, {kld}, "
-                  f"ppl {r.get('ppl', float('nan')):.3f}", flush=True)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self.done += 1
-            print(f"  trial {trial.trial_id}: failed ({_error_message(trial)})", flush=True)
-
-    return Progress()
-
-
-# ---- running ------------------------------------------------------------------------------------------------------
-
-
-def init_ray(opts: SearchOptions) -> dict[str, float]:
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # save Tune's experiment state every 2 s, so that a killed driver loses (and re-runs) as little as possible
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    if not ray.is_initialized():
-        if opts.address:
-            ray.init(address=opts.address, log_to_driver=False)
-        else:
-            # address="local": always a fresh local Ray, even if another one runs here (use --address auto for that)
-            ray.init(address="local", num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, include_dashboard=None,
-                     log_to_driver=False,
-                     runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}})
-    return ray.cluster_resources()
-
-
-def trial_resources(opts: SearchOptions, cluster: Mapping[str, float]) -> dict[str, float]:
-    gpus = opts.gpus_per_trial
-    if gpus and cluster.get("GPU", 0) <= 0:
-        print(f"warning: --gpus-per-trial {gpus} but the cluster has no GPU: running CPU trials instead",
-              file=sys.stderr)
-        gpus = 0.0
-    return {"cpu": opts.cpus_per_trial, "gpu": gpus}
+def _known_size_quality(space: SearchSpace, values) -> list[tuple[float, float]]:
+    """(size in GB, KLD or PPL) of known objective vectors, for seeding the dominance stopper."""
+    quality = space.quality
+    if quality is None or "size" not in space.objectives:
+        return []
+    i_size, i_quality = space.objectives.index("size"), space.objectives.index(quality)
+    return [(v[i_size], v[i_quality]) for v in values]
 
 
 def known_results(store_dir: str, study: str, ctx: TrialContext) -> dict[str, list[float]]:
@@ -494,14 +215,6 @@ def known_results(store_dir: str, study: str, ctx: TrialContext) -> dict[str, li
                 continue
     return out
 
-
-@dataclass
-class SearchResult:
-    study: str
-    store_dir: str
-    experiment_path: str
-    n_trials: int
-    skipped: dict[str, int] = field(default_factory=dict)
 
 
 def run_optuna(opts: SearchOptions) -> SearchResult:
@@ -537,18 +250,18 @@ def run_optuna(opts: SearchOptions) -> SearchResult:
     concurrency = opts.max_concurrent or max(1, int(cluster.get("CPU", 1) // max(opts.cpus_per_trial, 0.01)))
     if resources["gpu"]:
         concurrency = min(concurrency, max(1, int(cluster.get("GPU", 0) / resources["gpu"])))
-    quality = next((o for o in space.objectives if o in ("kld", "ppl")), "kld")
+    quality = space.quality or "kld"
     scheduler, stopper = None, None
     if opts.scheduler == "asha":
         n_chunks = space.evaluation.chunks or 8
         scheduler = ASHAScheduler(metric=quality, mode="min", time_attr="chunks_done", max_t=n_chunks,
                                   grace_period=min(2, n_chunks), reduction_factor=3)
     elif opts.scheduler == "dominance":
-        stopper = _make_dominance_stopper(space)
+        stopper = _make_dominance_stopper(space, _known_size_quality(space, searcher.known.values()))
     storage_path = opts.storage_path or str(store_dir / "_tune")
     experiment = storage_path.rstrip("/") + "/" + opts.study  # also right for s3://bucket/path
     trainable = tune.with_resources(tune.with_parameters(ray_trainable, ctx=ctx), resources)
-    callbacks = _make_callbacks(ctx, opts, "optuna")
+    callbacks = make_callbacks(ctx, opts, "optuna")
     if opts.resume and tune.Tuner.can_restore(experiment):
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False, param_space=None)
@@ -591,11 +304,11 @@ def run_maps(opts: SearchOptions, specs: list[dict[str, Any]], strategy: str) ->
     if todo:
         trainable = tune.with_resources(tune.with_parameters(ray_trainable, ctx=ctx), resources)
         tune.Tuner(
-            trainable, param_space={"__map": tune.grid_search(todo)},
+            trainable, param_space={MAP_KEY: tune.grid_search(todo)},
             tune_config=tune.TuneConfig(reuse_actors=False),
             run_config=tune.RunConfig(name=f"{opts.study}-{strategy}-{int(time.time())}",
                                       storage_path=opts.storage_path or str(store_dir / "_tune"),
-                                      callbacks=_make_callbacks(ctx, opts, strategy),
+                                      callbacks=make_callbacks(ctx, opts, strategy),
                                       failure_config=tune.FailureConfig(max_failures=opts.max_failures), verbose=0),
         ).fit()
     return SearchResult(opts.study, str(store_dir), str(store_dir / "_tune"), len(specs), {"already stored": len(

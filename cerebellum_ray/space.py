@@ -16,29 +16,18 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
+from .errors import CerebellumError
 from .catalog import GROUPS, ModelCatalog, TensorInfo
 from .ggml_types import TYPES, ggml_type
 from .precision_map import MapSpec, PrecisionMap, Rule, resolve
+from .units import SizeError, parse_size
 
 OBJECTIVE_DIRECTIONS = {"kld": "min", "ppl": "min", "size": "min", "bpw": "min", "humaneval": "max", "mc": "max"}
-_SIZE_UNITS = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
-               "TIB": 2**40, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
-
-class SpaceError(ValueError):
+class SpaceError(CerebellumError):
     """An invalid search space; the message names the dimension, the tensor and the rule."""
-
-
-def parse_size(value: Any, where: str) -> int:
-    if isinstance(value, (int, float)):
-        return int(value)
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(value))
-    unit = (m.group(2) or "B").upper() if m else ""
-    if not m or unit not in _SIZE_UNITS:
-        raise SpaceError(f"{where}: {value!r} is not a size (e.g. 11.7GB, 500MiB, 123456)")
-    return int(float(m.group(1)) * _SIZE_UNITS[unit])
 
 
 @dataclass(frozen=True)
@@ -58,6 +47,7 @@ class Evaluation:
     ctx: int = 512
     chunks: int | None = 8
     top_k: int = 128
+    tail_samples: int = 128  # reference tokens sampled from the rest of the vocabulary (KLD estimate, logprobs.py)
     humaneval_limit: int = 0  # 0: HumanEval not scored
     mc: tuple[str, ...] = ()
 
@@ -76,6 +66,11 @@ class SearchSpace:
     seed: int = 0
     source_file: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def quality(self) -> str | None:
+        """The text-quality objective early stopping watches (the first of kld, ppl), or None."""
+        return next((o for o in self.objectives if o in ("kld", "ppl")), None)
 
     @property
     def directions(self) -> tuple[str, ...]:
@@ -141,8 +136,14 @@ def _select(catalog: ModelCatalog, dim_name: str, select: Mapping[str, Any]) -> 
         layers = _layer_set(select["layers"], dim_name, catalog.n_layer)
         chosen = [t for t in chosen if t.layer in layers]
     if "regex" in select:
-        rx = re.compile(select["regex"])
-        chosen = [t for t in chosen if rx.search(t.name)]
+        from .errors import CerebellumError
+        from .schema import matching_names
+
+        try:
+            keep = set(matching_names(select["regex"], [t.name for t in chosen], f"dimension {dim_name}: select.regex"))
+        except CerebellumError as exc:
+            raise SpaceError(str(exc)) from None
+        chosen = [t for t in chosen if t.name in keep]
     if "tensors" in select:
         names = list(select["tensors"])
         missing = [n for n in names if n not in catalog.by_name]
@@ -155,17 +156,26 @@ def _select(catalog: ModelCatalog, dim_name: str, select: Mapping[str, Any]) -> 
 
 
 def _layer_set(spec: Any, dim_name: str, n_layer: int) -> set[int]:
-    if isinstance(spec, int):
-        return {spec}
-    if isinstance(spec, (list, tuple)):
-        return {int(x) for x in spec}
-    m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", str(spec))
-    if not m:
-        raise SpaceError(f"dimension {dim_name}: layers {spec!r} must be N, [N, M, ...] or 'A-B'")
-    lo, hi = int(m.group(1)), int(m.group(2))
-    if hi >= n_layer:
-        raise SpaceError(f"dimension {dim_name}: layers {spec!r} reach past the model's {n_layer} layers")
-    return set(range(lo, hi + 1))
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        layers = {spec}
+    elif isinstance(spec, (list, tuple)):
+        layers = {int(x) for x in spec}
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", str(spec))
+        if not m:
+            raise SpaceError(f"dimension {dim_name}: layers {spec!r} must be N, [N, M, ...] or 'A-B'")
+        lo, hi = int(m.group(1)), int(m.group(2))
+        if lo > hi:
+            raise SpaceError(f"dimension {dim_name}: layers {spec!r} is an empty range (write 'low-high')")
+        if hi >= n_layer:
+            raise SpaceError(f"dimension {dim_name}: layer {hi} of {spec!r} is not a layer of the model "
+                             f"(layers 0-{n_layer - 1})")
+        layers = set(range(lo, hi + 1))
+    past = sorted(x for x in layers if not 0 <= x < n_layer)
+    if past:
+        raise SpaceError(f"dimension {dim_name}: layer {past[0]} of {spec!r} is not a layer of the model "
+                         f"(layers 0-{n_layer - 1})")
+    return layers
 
 
 def _param_name(dim_name: str, suffix: str) -> str:
@@ -213,40 +223,35 @@ def _dimensions(catalog: ModelCatalog, entry: Mapping[str, Any], fallback: bool)
 
 def load_space(path: str | os.PathLike, catalog: ModelCatalog) -> SearchSpace:
     """Parse and validate a space file against a model; raises SpaceError naming what is wrong."""
-    import yaml
+    from .schema import parse_yaml, read_document_text
 
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise SpaceError(f"cannot read search space {path}: {exc}") from None
-    return space_from_data(data, catalog, source_file=str(path))
-
-
-_TOP_KEYS = {"name", "description", "model", "base", "like", "fallback", "dimensions", "constraints", "objectives",
-             "evaluation", "search"}
+    text = read_document_text(path, SpaceError, "search space")
+    return space_from_data(parse_yaml(text, str(path), SpaceError), catalog, source_file=str(path))
 
 
 def space_from_data(data: Any, catalog: ModelCatalog, source_file: str = "<space>") -> SearchSpace:
+    """A SearchSpace from parsed YAML, checked against schema.SPACE_SCHEMA (types, ranges, unknown keys) and then
+    against the model (tensors, legal types)."""
+    from .schema import SPACE_SCHEMA, validate
+
     if not isinstance(data, Mapping):
         raise SpaceError(f"{source_file}: a search space is a YAML mapping")
-    unknown = set(data) - _TOP_KEYS
-    if unknown:
-        raise SpaceError(f"{source_file}: unknown keys {sorted(unknown)}; allowed: {', '.join(sorted(_TOP_KEYS))}")
+    validate(data, SPACE_SCHEMA, source_file, SpaceError)
     like = data.get("like")
     if like and not os.path.isabs(like):
         like = str(Path(source_file).parent / like)
     try:
-        base = MapSpec(base=data.get("base"), like=like, fallback=bool(data.get("fallback", False)))
+        base = MapSpec(base=data.get("base"), like=like, fallback=data.get("fallback", False))
     except ValueError as exc:
         raise SpaceError(f"{source_file}: {exc}") from None
-    entries = data.get("dimensions") or []
-    if not isinstance(entries, Sequence) or isinstance(entries, str):
-        raise SpaceError(f"{source_file}: `dimensions` must be a list")
     dims: list[Dimension] = []
-    for entry in entries:
-        if not isinstance(entry, Mapping):
-            raise SpaceError(f"{source_file}: each dimension is a mapping, got {entry!r}")
-        dims.extend(_dimensions(catalog, entry, base.fallback))
+    for entry in data.get("dimensions") or []:
+        try:
+            dims.extend(_dimensions(catalog, entry, base.fallback))
+        except SpaceError as exc:
+            raise SpaceError(f"{source_file}: {exc}") from None
+    if not dims:
+        raise SpaceError(f"{source_file}: no dimensions: a space needs at least one")
     owner: dict[str, str] = {}
     for d in dims:
         for t in d.tensors:
@@ -258,23 +263,29 @@ def space_from_data(data: Any, catalog: ModelCatalog, source_file: str = "<space
     if bad:
         raise SpaceError(f"{source_file}: unknown objective {bad[0]!r}; objectives: {', '.join(OBJECTIVE_DIRECTIONS)}")
     constraints = data.get("constraints") or {}
-    unknown = set(constraints) - {"max_size", "max_bpw", "vram"}
-    if unknown:
-        raise SpaceError(f"{source_file}: unknown constraints {sorted(unknown)}; allowed: max_size, max_bpw, vram")
-    max_size = parse_size(constraints["max_size"], "constraints.max_size") if "max_size" in constraints else None
+    try:
+        max_size = parse_size(constraints["max_size"], "constraints.max_size") if "max_size" in constraints else None
+    except SizeError as exc:
+        raise SpaceError(f"{source_file}: {exc}") from None
     if "vram" in constraints:
         max_size = _vram_budget(constraints["vram"], catalog, max_size)
+        if max_size <= 0:
+            raise SpaceError(f"{source_file}: constraints.vram {dict(constraints['vram'])} leaves no room for the "
+                             "model after the KV cache; give more gb or a smaller context")
     ev = data.get("evaluation") or {}
     evaluation = Evaluation(
-        text=ev.get("text"), ctx=int(ev.get("ctx", 512)), chunks=ev.get("chunks", 8), top_k=int(ev.get("top_k", 128)),
-        humaneval_limit=int(ev.get("humaneval_limit", 0)), mc=tuple(ev.get("mc", ()) or ()),
+        text=_beside(source_file, ev["text"], "evaluation.text") if ev.get("text") else None,
+        ctx=int(ev.get("ctx", 512)), chunks=ev.get("chunks", 8), top_k=int(ev.get("top_k", 128)),
+        tail_samples=int(ev.get("tail_samples", 128)),
+        humaneval_limit=int(ev.get("humaneval_limit", 0)),
+        mc=tuple(_beside(source_file, p, "evaluation.mc") for p in ev.get("mc", ()) or ()),
     )
     if "humaneval" in objectives and not evaluation.humaneval_limit:
         raise SpaceError(f"{source_file}: objective humaneval needs evaluation.humaneval_limit > 0")
+    if "mc" in objectives and not evaluation.mc:
+        raise SpaceError(f"{source_file}: objective mc needs evaluation.mc (multiple-choice JSONL files)")
     search = data.get("search") or {}
-    sampler = str(search.get("sampler", "nsga2")).lower()
-    if sampler not in ("nsga2", "tpe"):
-        raise SpaceError(f"{source_file}: search.sampler must be nsga2 or tpe, not {sampler!r}")
+    sampler = search.get("sampler", "nsga2")
     return SearchSpace(
         name=str(data.get("name") or Path(source_file).stem), base=base, dimensions=tuple(dims),
         objectives=objectives, max_size=max_size,
@@ -282,6 +293,14 @@ def space_from_data(data: Any, catalog: ModelCatalog, source_file: str = "<space
         sampler=sampler, trials=int(search.get("trials", 32)), seed=int(search.get("seed", 0)),
         source_file=source_file, raw=dict(data),
     )
+
+
+def _beside(source_file: str, path: str, key: str) -> str:
+    """A file named in a space, relative to the space file; refused now if it does not exist."""
+    resolved = path if os.path.isabs(path) else str(Path(source_file).parent / path)
+    if not os.path.isfile(resolved):
+        raise SpaceError(f"{source_file}: {key}: no such file {path!r} (paths are relative to the space file)")
+    return resolved
 
 
 def _vram_budget(vram: Any, catalog: ModelCatalog, max_size: int | None) -> int:

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,12 @@ from collections.abc import Iterable, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .atomic import atomic_path
+
 _F = pa.float64()
+
+# Rows of these strategies are reference points (llama.cpp presets, fixed maps, the reference model), not searches.
+REFERENCE_STRATEGIES = ("preset", "fixed", "reference")
 
 # The one schema: every column, its type and its meaning (search_spaces/README.md documents it for users).
 COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
@@ -88,14 +92,8 @@ def append(store_dir: str | os.PathLike, row: Mapping[str, Any]) -> Path:
     store.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist([normalize_row(row)], schema=SCHEMA)
     path = row_path(store, str(row["study"]), str(row["trial_id"]))
-    fd, tmp = tempfile.mkstemp(prefix=".row.", suffix=".parquet.partial", dir=store)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -16,19 +16,19 @@ Guarantees
     the check passed. On any failure neither OUT nor the temporary file remains (and IN is as it was).
   * The exact size of the result is known before any work (``GGUFLayout``): the dry run reports it.
 
-This module is imported by the command-line parser: heavy modules (numpy, gguf, llama.cpp) are imported lazily.
+Heavy modules (numpy, gguf, llama.cpp) are imported lazily.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import struct
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from .errors import CerebellumError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import ModelCatalog
@@ -41,7 +41,7 @@ CHECK_CTX = 32  # tokens decoded by the llama.cpp check
 _COPY_STEP = 1 << 24
 
 
-class SurgeryError(ValueError):
+class SurgeryError(CerebellumError):
     """A surgery refused (nothing written) or a result that failed its llama.cpp check (nothing replaced)."""
 
 
@@ -139,31 +139,6 @@ class SurgeryPlan:
 # ---- planning ----------------------------------------------------------------------------------------------------
 
 
-def parse_sets(pairs: Iterable[str | Rule]) -> tuple[Rule, ...]:
-    """`NAME=TYPE` strings (or Rules) as map rules; NAME is a tensor name or a regular expression (case kept)."""
-    from .precision_map import MapError, Rule
-
-    rules: list[Rule] = []
-    for item in pairs:
-        if isinstance(item, Rule):
-            rules.append(item)
-            continue
-        pattern, sep, type_name = str(item).strip().rpartition("=")
-        if not sep or not pattern or not type_name:
-            raise MapError(
-                f"malformed --set {item!r}: expected TENSOR=TYPE, e.g. blk.8.ffn_gate_inp.weight=Q8_0"
-            )
-        try:
-            rules.append(Rule(pattern, type_name))
-        except ValueError as exc:
-            raise MapError(f"--set {item}: {exc}") from None
-    seen: dict[str, str] = {}
-    for r in rules:
-        if seen.setdefault(r.pattern, r.type) != r.type:
-            raise SurgeryError(f"--set {r.pattern} is given twice with different types ({seen[r.pattern]}, {r.type})")
-    return tuple(rules)
-
-
 def _file_version(path: str | os.PathLike) -> int:
     with open(path, "rb") as f:
         return struct.unpack("<I", f.read(8)[4:8])[0]
@@ -190,13 +165,15 @@ def _check_dequantizable(job: QuantJob) -> None:
 def plan_surgery(model: str | os.PathLike, sets: Sequence[str | Rule], imatrix=None) -> SurgeryPlan:
     """Check every --set against the model and lay out the result; raises MapError/SurgeryError, writes nothing."""
     from . import gguf_io
-    from .build import BuildError, _imatrix_vectors
+    from .build import BuildError, imatrix_vectors
     from .catalog import load_catalog
     from .ggml_types import ggml_type
     from .precision_map import MapSpec, resolve
     from .quantize import QuantizeError, QuantJob, check_job
 
-    rules = parse_sets(sets)
+    from .precision_map import rules_from_pairs
+
+    rules = rules_from_pairs(sets)
     if not rules:
         raise SurgeryError("nothing to do: give at least one --set TENSOR=TYPE")
     catalog = load_catalog(model)
@@ -217,7 +194,7 @@ def plan_surgery(model: str | os.PathLike, sets: Sequence[str | Rule], imatrix=N
     )
     jobs = {c.name: QuantJob(c.name, c.shape, c.old_type, c.new_type) for c in changes if c.changed}
     try:
-        vectors = dict(zip(jobs, _imatrix_vectors(catalog, list(jobs.values()), imatrix)))
+        vectors = dict(zip(jobs, imatrix_vectors(catalog, list(jobs.values()), imatrix)))
     except BuildError as exc:
         raise SurgeryError(str(exc)) from None
     for name, job in jobs.items():
@@ -256,7 +233,7 @@ def check_runs(path: str | os.PathLike, n_gpu_layers: int = 0, n_threads: int | 
     Raises SurgeryError when the model does not load or decode, or when any logit is NaN/inf or any position's
     logits are all equal (NaN weights can come out of attention that way).
     """
-    import llama_cpp  # noqa: F401  (before numpy)
+    from ._llama import llama_cpp  # noqa: F401  (before numpy)
     import numpy as np
 
     from .llama_runner import LlamaError, LlamaRunner, RunnerConfig
@@ -306,9 +283,9 @@ def surgery(
     `dry_run`, everything is checked and the changes and exact sizes are reported, but nothing is written.
     `imatrix` (an imatrix.Imatrix) is used for the recast tensors; types that need one are refused without it.
     """
-    import llama_cpp  # noqa: F401  (before numpy: a CUDA build crashes otherwise)
+    from ._llama import llama_cpp  # noqa: F401  (before numpy)
 
-    from .gguf_io import atomic_path, check_destination
+    from .atomic import atomic_path, check_destination
 
     started = time.perf_counter()
     if out is None and not dry_run:
@@ -349,7 +326,7 @@ def surgery(
 
 def _write(plan: SurgeryPlan, fd: int, tmp: Path, n_threads: int | None) -> None:
     from . import gguf_io
-    from .build import _pread  # pread per range into a numpy buffer: the builder's reader
+    from .build import pread  # pread per range into a numpy buffer: the builder's reader
     from .ggml_types import ggml_type
     from .quantize import quantize_tensor
 
@@ -360,7 +337,7 @@ def _write(plan: SurgeryPlan, fd: int, tmp: Path, n_threads: int | None) -> None
             job = plan.jobs.get(t.name)
             if job is None:
                 f.writelines(
-                    memoryview(_pread(fd, t.data_offset + off, min(_COPY_STEP, t.n_bytes - off)))
+                    memoryview(pread(fd, t.data_offset + off, min(_COPY_STEP, t.n_bytes - off)))
                     for off in range(0, t.n_bytes, _COPY_STEP)
                 )
             else:
@@ -368,7 +345,7 @@ def _write(plan: SurgeryPlan, fd: int, tmp: Path, n_threads: int | None) -> None
                 base = t.data_offset
 
                 def read_rows(first: int, n: int, base=base, row_bytes=row_bytes):
-                    return _pread(fd, base + first * row_bytes, n * row_bytes)
+                    return pread(fd, base + first * row_bytes, n * row_bytes)
 
                 data = quantize_tensor(job, read_rows, plan.vectors.get(t.name), n_threads)
                 if data.nbytes != slot.n_bytes:
@@ -379,79 +356,3 @@ def _write(plan: SurgeryPlan, fd: int, tmp: Path, n_threads: int | None) -> None
             raise AssertionError(f"wrote {f.tell()} bytes, layout says {layout.file_size}")
         f.flush()
         os.fsync(f.fileno())
-
-
-# ---- command line ------------------------------------------------------------------------------------------------
-
-
-def add_surgery_parser(subparsers) -> argparse.ArgumentParser:
-    """The `surgery` subcommand (cli.build_parser calls this with its subparsers)."""
-    p = subparsers.add_parser(
-        "surgery",
-        help="recast individual tensors of a quantized GGUF (MoE routers included); everything else byte-identical",
-        description="Recast individual tensors of an existing GGUF (dequantize with ggml, quantize to the new type). "
-        "Every other tensor and all metadata stay byte-identical; the result is loaded and run in llama.cpp "
-        "before it is renamed into place.",
-    )
-    p.add_argument("model", help="the GGUF to operate on")
-    p.add_argument("--set", action="append", default=[], required=True, metavar="TENSOR=TYPE",
-                   help="recast TENSOR (an exact name, or a regex as in map rules) to TYPE (repeatable), "
-                        "e.g. blk.8.ffn_gate_inp.weight=Q8_0")
-    p.add_argument("--out", help="output GGUF (may be the input: replaced only after the check); "
-                                 "required unless --dry-run")
-    p.add_argument("--dry-run", action="store_true", help="show each change and the size delta, write nothing")
-    p.add_argument("--imatrix", help="importance matrix for the recast tensors (llama-imatrix .dat or GGUF)")
-    p.add_argument("--threads", type=int, default=None, help="quantizer and check threads (default: all cores)")
-    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers on the GPU for the llama.cpp check (0)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_surgery)
-    return p
-
-
-def format_report(r: SurgeryReport) -> str:
-    """The people output of `surgery`."""
-    from .cli import _human
-
-    if r.dry_run:
-        head = f"surgery on {r.source} (dry run, nothing written)"
-    elif r.written:
-        head = f"surgery on {r.source} -> {r.out}"
-    else:
-        head = f"surgery on {r.source}: nothing to change, {r.out} left as it is"
-    lines = [head]
-    width = max(len(c.name) for c in r.changes)
-    for c in r.changes:
-        if c.changed:
-            lines.append(f"  {c.name:<{width}}  {c.old_type:>6} -> {c.new_type:<6}  "
-                         f"{c.old_bytes:>12} -> {c.new_bytes:>12} bytes  ({c.delta:+d})")
-        else:
-            lines.append(f"  {c.name:<{width}}  {c.old_type:>6} -> {c.new_type:<6}  unchanged (already {c.old_type})")
-    pct = 100.0 * r.delta / r.size_before if r.size_before else 0.0
-    lines.append(f"file size {r.size_before} -> {r.size_after} bytes ({r.delta:+d}, {pct:+.3f}%; "
-                 f"{_human(r.size_before)} -> {_human(r.size_after)})")
-    if r.check:
-        lines.append(f"check: {r.check}")
-    return "\n".join(lines)
-
-
-def cmd_surgery(args) -> int:
-    import json
-    import sys
-
-    import llama_cpp  # noqa: F401  (before numpy)
-
-    imatrix = None
-    if args.imatrix:
-        from .imatrix import load_imatrix
-
-        imatrix = load_imatrix(args.imatrix)
-    if not args.out and not args.dry_run:
-        raise SurgeryError("--out OUT.gguf is required (it may be the input file), or ask for --dry-run")
-    report = surgery(args.model, args.set, args.out, imatrix=imatrix, dry_run=args.dry_run,
-                     n_threads=args.threads, n_gpu_layers=args.n_gpu_layers)
-    if args.json:
-        json.dump(report.as_dict(), sys.stdout, indent=1, default=str)
-        sys.stdout.write("\n")
-    else:
-        print(format_report(report))
-    return 0

@@ -14,7 +14,7 @@ first (lm-evaluation-harness's acc_norm).
 
 from __future__ import annotations
 
-import llama_cpp  # noqa: F401  (before numpy)
+from ._llama import llama_cpp  # noqa: F401  (first: before numpy)
 
 import json
 import math
@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Sequence
 
+from .errors import CerebellumError
 from .generate import HUMANEVAL_STOPS, continuation_logprobs, generate_greedy
 from .llama_runner import LlamaRunner
 
 
-class TaskError(ValueError):
+class TaskError(CerebellumError):
     pass
 
 

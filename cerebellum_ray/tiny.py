@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFReader, GGUFWriter, TokenType
+from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter, TokenType
 
-from cerebellum_ray.gguf_io import atomic_path
+from cerebellum_ray.atomic import atomic_path
+from cerebellum_ray.errors import CerebellumError
 from cerebellum_ray.imatrix import write_collected_imatrix
 
 TINY_ARCHS = ("gemma4", "llama", "mixtral")
@@ -89,6 +90,16 @@ def tiny_vocab() -> Vocab:
     return Vocab(tuple(tokens), tuple(scores), tuple(int(t) for t in types), tuple(merges))
 
 
+def padded_vocab(n_vocab: int) -> Vocab:
+    """The tiny vocabulary padded with unused tokens to `n_vocab` entries (a real model's output projection size)."""
+    v = tiny_vocab()
+    extra = n_vocab - len(v.tokens)
+    if extra < 0:
+        raise TinyError(f"a vocabulary of {n_vocab} tokens is smaller than the tiny one ({len(v.tokens)})")
+    return Vocab(v.tokens + tuple(f"<unused{i}>" for i in range(extra)), v.scores + (-1e9,) * extra,
+                 v.types + (int(TokenType.UNUSED),) * extra, v.merges)
+
+
 # ---- shapes --------------------------------------------------------------------------------------------------------
 
 
@@ -116,6 +127,10 @@ class Gemma4Shape:
     logit_softcap: float = 30.0
 
     def is_swa(self, il: int) -> bool:
+        """Sliding-window layer? The period's last layer is full attention; a model shorter than one period (a
+        rehearsal of a few layers) still ends with a full-attention layer, so both kinds are present."""
+        if self.n_layer < self.swa_period and il == self.n_layer - 1:
+            return False
         return il % self.swa_period < self.swa_period - 1
 
 
@@ -141,40 +156,98 @@ GEMMA4 = Gemma4Shape()
 LLAMA = LlamaShape()
 MIXTRAL = LlamaShape(n_ff=384, n_expert=4, n_expert_used=2)  # ffn_down_exps rows 384 long: 12 x 32, not x 256
 
+# Real shapes, for rehearsals at the scale the project exists for (random weights, so only speed and memory mean
+# anything). ../shared/notes/gemma4-26b-a4b.md: hidden 2816, 16 heads of 256 (sliding, 8 KV heads) / 512 (full, 2 KV
+# heads), dense FFN 2112, 128 experts of 704 (top 8), sliding window 1024, vocabulary 262144.
+GEMMA4_26B_A4B = Gemma4Shape(n_embd=2816, n_layer=30, n_head=16, n_head_kv_swa=8, n_head_kv_full=2, head_dim_swa=256,
+                             head_dim_full=512, n_ff=2112, n_expert=128, n_expert_used=8, n_ff_exp=704,
+                             sliding_window=1024, n_ctx_train=131072)
+# Gemma 3 270M's sizes on the llama architecture (hidden 640, 18 layers, 4 heads, 1 KV head, FFN 2048, 262k vocab,
+# untied output): a stand-in of the real model's cost where the real file cannot go (a device without the network).
+LLAMA_270M = LlamaShape(n_embd=640, n_layer=18, n_head=4, n_head_kv=1, n_ff=2048, n_ctx_train=32768)
+REAL_VOCAB = 262144
+# --shape NAME: (architectures it applies to, shape, vocabulary size or None for the tiny vocabulary)
+SHAPES = {
+    "tiny": (TINY_ARCHS, None, None),
+    "gemma4-26b-a4b": (("gemma4",), GEMMA4_26B_A4B, REAL_VOCAB),
+    "llama-270m": (("llama",), LLAMA_270M, REAL_VOCAB),
+}
+
 # ---- weights -------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Spec:
+    """One tensor to draw: numpy shape (row length last), what kind of values, their parameters; drawn in order."""
+
+    shape: tuple[int, ...]
+    kind: str  # "matrix" (F16/BF16/F32 weights), "norm" (F32 near a centre), "router" (F32), "const"
+    gain: float = 1.0
+    center: float = 1.0
+    spread: float = 0.05
+    value: np.ndarray | None = None  # kind "const"
+
+    @property
+    def n_elements(self) -> int:
+        return int(np.prod(self.shape))
+
+
 class _Weights:
-    """Draws tensors from one generator in call order, so a model's bytes depend only on the seed."""
+    """Describes tensors now and draws them later, from one generator in list order, so a model's bytes depend only
+    on the seed, and writing needs about one tensor of memory (a 26B-shaped layer is gigabytes)."""
 
     def __init__(self, seed: int):
         self.rng = np.random.default_rng(seed)
 
-    def matrix(self, *shape: int, gain: float = 1.0) -> np.ndarray:
-        """F16 weights ~ N(0, gain^2 / fan_in); shape in numpy order, so the row (fan-in) length is shape[-1]."""
-        w = self.rng.standard_normal(shape, dtype=np.float32) * np.float32(gain / np.sqrt(shape[-1]))
-        return w.astype(np.float16)
+    @staticmethod
+    def matrix(*shape: int, gain: float = 1.0) -> _Spec:
+        """Weights ~ N(0, gain^2 / fan_in); shape in numpy order, so the row (fan-in) length is shape[-1]."""
+        return _Spec(tuple(shape), "matrix", gain=gain)
 
-    def norm(self, n: int, center: float = 1.0, spread: float = 0.05) -> np.ndarray:
+    @staticmethod
+    def norm(n: int, center: float = 1.0, spread: float = 0.05) -> _Spec:
         """F32 norm or scale weights near `center`."""
-        return (np.float32(center) + np.float32(spread) * self.rng.standard_normal(n, dtype=np.float32)).astype(
-            np.float32
-        )
+        return _Spec((n,), "norm", center=float(center), spread=spread)
 
-    def router(self, n_expert: int, n_embd: int, gain: float) -> np.ndarray:
+    @staticmethod
+    def router(n_expert: int, n_embd: int, gain: float) -> _Spec:
         """F32 router [n_embd, n_expert] (ggml order): routers are kept F32 and never quantized by llama-quantize."""
-        return self.matrix(n_expert, n_embd, gain=gain).astype(np.float32)
+        return _Spec((n_expert, n_embd), "router", gain=gain)
+
+    def draw(self, spec: _Spec) -> np.ndarray:
+        """The values of `spec`: float32 (matrices are converted to the file's type by the writer; routers are
+        F16-rounded F32, as convert_hf_to_gguf.py leaves an F16 checkpoint's router)."""
+        if spec.kind == "const":
+            return spec.value
+        if spec.kind == "norm":
+            return (np.float32(spec.center) + np.float32(spec.spread)
+                    * self.rng.standard_normal(spec.shape[0], dtype=np.float32)).astype(np.float32)
+        w = self.rng.standard_normal(spec.shape, dtype=np.float32)
+        w *= np.float32(spec.gain / np.sqrt(spec.shape[-1]))
+        return w if spec.kind == "matrix" else w.astype(np.float16).astype(np.float32)
 
 
-TensorList = list[tuple[str, np.ndarray]]
+def to_bf16(values: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), rounding to nearest even as PyTorch and ggml's fp32_to_bf16 do."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
+    return (rounded >> np.uint32(16)).astype(np.uint16)
 
 
-def _gemma4_tensors(w: _Weights, s: Gemma4Shape, n_vocab: int) -> TensorList:
+# matrix storage: numpy dtype written, GGUF raw type (None: derived from the numpy dtype), bytes per element
+MATRIX_DTYPES = {"F16": (np.float16, None, 2), "BF16": (np.uint16, GGMLQuantizationType.BF16, 2),
+                 "F32": (np.float32, None, 4)}
+
+
+TensorList = list[tuple[str, _Spec]]
+
+
+def _gemma4_tensors(w: type[_Weights], s: Gemma4Shape, n_vocab: int) -> TensorList:
     n_rot_half = int(s.head_dim_full * s.rotary_full / 2)
     # Proportional RoPE (converter's generate_extra_tensors): 1e30 freezes the unrotated dimensions.
     rope_freqs = np.array([1.0] * n_rot_half + [1e30] * (s.head_dim_full // 2 - n_rot_half), dtype=np.float32)
     out: TensorList = [
-        ("rope_freqs.weight", rope_freqs),
+        ("rope_freqs.weight", _Spec(rope_freqs.shape, "const", value=rope_freqs)),
         # Tied output (logits = E . h) and the input is E[token] * sqrt(n_embd): a large gain would make every position
         # predict its own input token; a small one, with output_norm gain below, lets the layers decide the logits.
         ("token_embd.weight", w.matrix(n_vocab, s.n_embd, gain=0.5)),
@@ -218,7 +291,7 @@ def _gemma4_tensors(w: _Weights, s: Gemma4Shape, n_vocab: int) -> TensorList:
     return out
 
 
-def _llama_tensors(w: _Weights, s: LlamaShape, n_vocab: int) -> TensorList:
+def _llama_tensors(w: type[_Weights], s: LlamaShape, n_vocab: int) -> TensorList:
     hd = s.head_dim
     out: TensorList = [("token_embd.weight", w.matrix(n_vocab, s.n_embd, gain=np.sqrt(s.n_embd)))]
     for il in range(s.n_layer):
@@ -326,64 +399,89 @@ def _llama_metadata(gw: GGUFWriter, s: LlamaShape) -> None:
 
 # ---- writing -------------------------------------------------------------------------------------------------------
 
-_MOSTLY_F16 = 1  # llama_ftype LLAMA_FTYPE_MOSTLY_F16
+_FILE_TYPES = {"F16": 1, "BF16": 32, "F32": 0}  # llama_ftype: LLAMA_FTYPE_MOSTLY_F16, _MOSTLY_BF16, _ALL_F32
 
 
 @dataclass(frozen=True)
 class _Recipe:
     gguf_arch: str
-    metadata: Callable[[GGUFWriter], None]
+    default_shape: Gemma4Shape | LlamaShape
+    metadata: Callable[[GGUFWriter, Gemma4Shape | LlamaShape], None]
     tokenizer: Callable[[GGUFWriter, Vocab], None]
-    tensors: Callable[[_Weights, int], TensorList]
+    tensors: Callable[[Gemma4Shape | LlamaShape, int], TensorList]
 
 
 _RECIPES: dict[str, _Recipe] = {
-    "gemma4": _Recipe(
-        "gemma4",
-        lambda gw: _gemma4_metadata(gw, GEMMA4),
-        _add_gemma4_tokenizer,
-        lambda w, n_vocab: _gemma4_tensors(w, GEMMA4, n_vocab),
-    ),
-    "llama": _Recipe(
-        "llama",
-        lambda gw: _llama_metadata(gw, LLAMA),
-        _add_spm_tokenizer,
-        lambda w, n_vocab: _llama_tensors(w, LLAMA, n_vocab),
-    ),
-    "mixtral": _Recipe(
-        "llama",
-        lambda gw: _llama_metadata(gw, MIXTRAL),
-        _add_spm_tokenizer,
-        lambda w, n_vocab: _llama_tensors(w, MIXTRAL, n_vocab),
-    ),
+    "gemma4": _Recipe("gemma4", GEMMA4, _gemma4_metadata, _add_gemma4_tokenizer,
+                      lambda s, n_vocab: _gemma4_tensors(_Weights, s, n_vocab)),
+    "llama": _Recipe("llama", LLAMA, _llama_metadata, _add_spm_tokenizer,
+                     lambda s, n_vocab: _llama_tensors(_Weights, s, n_vocab)),
+    "mixtral": _Recipe("llama", MIXTRAL, _llama_metadata, _add_spm_tokenizer,
+                       lambda s, n_vocab: _llama_tensors(_Weights, s, n_vocab)),
 }
 
 
-def make_tiny(arch: str, out_path: str | os.PathLike, seed: int = 0) -> Path:
+def _shape_for(arch: str, shape: str, n_layer: int | None):
+    if shape not in SHAPES:
+        raise TinyError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
+    archs, real, n_vocab = SHAPES[shape]
+    if arch not in archs:
+        raise TinyError(f"shape {shape} is for --arch {' or '.join(archs)}, not {arch}")
+    chosen = real or _RECIPES[arch].default_shape
+    if n_layer is not None:
+        if n_layer < 1:
+            raise TinyError(f"--layers must be at least 1, got {n_layer}")
+        chosen = replace(chosen, n_layer=n_layer)
+    return chosen, n_vocab
+
+
+def make_tiny(arch: str, out_path: str | os.PathLike, seed: int = 0, shape: str = "tiny", n_layer: int | None = None,
+              dtype: str = "F16") -> Path:
     """Write the tiny `arch` model ("gemma4", "llama" or "mixtral") to `out_path` and return the path.
 
-    The file is F16/F32, loads in llama.cpp (llama-cpp-python 0.3.36) and is byte-identical for the same arch and
-    seed. It is written atomically: on error `out_path` is left untouched.
+    `shape` "tiny" (default) is the small test model; "gemma4-26b-a4b" and "llama-270m" give real models' tensor
+    shapes and a 262144-token vocabulary, with `n_layer` layers (the real count if None). `dtype` is the matrices'
+    type: F16 (default), BF16 or F32; norms, scales and routers are F32. The file loads in llama.cpp
+    (llama-cpp-python 0.3.36) and is byte-identical for the same arguments. It is streamed (memory: about one
+    tensor) and written atomically: on error `out_path` is left untouched.
     """
     if arch not in _RECIPES:
-        raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(TINY_ARCHS)}")
-    out_path = Path(out_path)
+        raise TinyError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(TINY_ARCHS)}")
+    if dtype not in MATRIX_DTYPES:
+        raise TinyError(f"unknown matrix type {dtype!r}; choose one of {', '.join(MATRIX_DTYPES)}")
     recipe = _RECIPES[arch]
-    vocab = tiny_vocab()
-    tensors = recipe.tensors(_Weights(seed), len(vocab.tokens))
+    model_shape, n_vocab = _shape_for(arch, shape, n_layer)
+    vocab = tiny_vocab() if n_vocab is None else padded_vocab(n_vocab)
+    specs = recipe.tensors(model_shape, len(vocab.tokens))
+    np_dtype, raw_dtype, n_bytes = MATRIX_DTYPES[dtype]
+    weights = _Weights(seed)
+    out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         gw = GGUFWriter(tmp, recipe.gguf_arch)
-        gw.add_name(f"cerebellum-tiny-{arch}-seed{seed}")
-        gw.add_file_type(_MOSTLY_F16)
-        recipe.metadata(gw)
+        gw.add_name(f"cerebellum-tiny-{arch}-seed{seed}" + ("" if shape == "tiny" else f"-{shape}"))
+        gw.add_file_type(_FILE_TYPES[dtype])
+        recipe.metadata(gw, model_shape)
         recipe.tokenizer(gw, vocab)
-        for name, data in tensors:
-            gw.add_tensor(name, data)
+        for name, spec in specs:
+            if spec.kind == "matrix":
+                gw.add_tensor_info(name, spec.shape, np.dtype(np_dtype), spec.n_elements * n_bytes, raw_dtype)
+            else:
+                gw.add_tensor_info(name, spec.shape, np.dtype(np.float32), spec.n_elements * 4)
         gw.write_header_to_file()
         gw.write_kv_data_to_file()
-        gw.write_tensors_to_file()
+        gw.write_ti_data_to_file()
+        for _, spec in specs:
+            values = weights.draw(spec)
+            if spec.kind == "matrix":
+                values = to_bf16(values) if dtype == "BF16" else values.astype(np_dtype)
+            gw.write_tensor_data(values)
+            del values
         gw.close()
     return out_path
+
+
+class TinyError(CerebellumError):
+    """An unknown architecture, shape or type for make-tiny."""
 
 
 # ---- importance matrices -------------------------------------------------------------------------------------------

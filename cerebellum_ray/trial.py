@@ -7,7 +7,7 @@ store with `tune.with_parameters`, so worker nodes need no shared filesystem for
 
 from __future__ import annotations
 
-import llama_cpp  # noqa: F401  (before numpy)
+from ._llama import llama_cpp  # noqa: F401  (first: before numpy)
 
 import functools
 import os
@@ -28,6 +28,12 @@ from .space import SearchSpace
 from .tensor_cache import TensorCache
 
 
+# Keys of a Ray Tune trial config that are not search parameters: a fixed map (a preset, a map file) or a possibly
+# partial point (an ablation step). Their values are part of stored Tune experiments: never rename them.
+MAP_KEY = "__map"
+POINT_KEY = "__point"
+
+
 @dataclass(frozen=True)
 class TrialContext:
     study: str
@@ -44,6 +50,7 @@ class TrialContext:
     n_gpu_layers: int | None = None
     keep_files: bool = False
     store_dir: str | None = None  # when workers can see it: a restarted trial already stored is not run again
+    mc_items: tuple = ()  # the multiple-choice items of evaluation.mc, read by the driver (workers need no files)
 
 
 @functools.lru_cache(maxsize=4)
@@ -124,8 +131,12 @@ def evaluate_map(ctx: TrialContext, pmap: PrecisionMap, report: Callable[[dict],
     report_ = build(ctx.source, pmap, out, imatrix=imatrix, cache=cache, n_threads=ctx.n_threads)
     t1 = time.perf_counter()
     ev = ctx.space.evaluation
-    spec = EvalSpec(ctx.eval_text, n_ctx=ev.ctx, n_chunks=ev.chunks, top_k=ev.top_k)
-    base = {"map_hash": pmap.digest, "build_s": t1 - t0, "node": _node_name(),
+    spec = EvalSpec(ctx.eval_text, n_ctx=ev.ctx, n_chunks=ev.chunks, top_k=ev.top_k,
+                    tail_samples=getattr(ev, "tail_samples", 0))
+    # every objective is in every report (Tune checks); those scored after the text (HumanEval, MC) are None until
+    # the final report
+    pending = {o: None for o in ctx.space.objectives if o in TASK_OBJECTIVES}
+    base = {**pending, "map_hash": pmap.digest, "build_s": t1 - t0, "node": _node_name(),
             "gpu_ids": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "cached": report_.count("cached"),
             "quantized": report_.count("quantized")}
     try:
@@ -152,6 +163,9 @@ def evaluate_map(ctx: TrialContext, pmap: PrecisionMap, report: Callable[[dict],
             out.unlink(missing_ok=True)
 
 
+TASK_OBJECTIVES = ("humaneval", "mc")  # scored once per trial, after the text metrics
+
+
 def _task_metrics(ctx: TrialContext, model: Path) -> dict[str, Any]:
     ev = ctx.space.evaluation
     if not ev.humaneval_limit and not ev.mc:
@@ -165,7 +179,7 @@ def _task_metrics(ctx: TrialContext, model: Path) -> dict[str, Any]:
             he = score_humaneval(runner, model, limit=ev.humaneval_limit)
             out.update(humaneval=he.pass_at_1, humaneval_se=he.pass_at_1_se)
         if ev.mc:
-            items = [it for f in ev.mc for it in load_choice_items(f)]
+            items = getattr(ctx, "mc_items", ()) or [it for f in ev.mc for it in load_choice_items(f)]
             mc = score_choices(runner, items)
             out.update(mc=mc.acc, mc_acc=mc.acc, mc_acc_se=mc.acc_se)
     return out
@@ -173,18 +187,18 @@ def _task_metrics(ctx: TrialContext, model: Path) -> dict[str, Any]:
 
 def ray_trainable(config: dict, ctx: TrialContext) -> None:
     """Ray Tune function trainable: the config is the point (parameter -> candidate index), or holds it under
-    "__point" (ablation batches)."""
+    POINT_KEY (ablation batches), or is a fixed map under MAP_KEY."""
     from ray import tune
 
     stored = _stored_result(ctx, tune.get_context().get_trial_id())
     if stored is not None:
         tune.report(stored)  # finished before the driver died: report it again instead of running it twice
         return
-    if "__map" in config:
-        evaluate_map(ctx, map_from_spec(ctx, config["__map"]), tune.report)
+    if MAP_KEY in config:
+        evaluate_map(ctx, map_from_spec(ctx, config[MAP_KEY]), tune.report)
         return
-    if "__point" in config:  # an ablation step: a point, possibly partial (the other tensors keep the preset's types)
-        point = {p: int(v) for p, v in config["__point"].items()}
+    if POINT_KEY in config:  # an ablation step: a point, possibly partial (the other tensors keep the preset's types)
+        point = {p: int(v) for p, v in config[POINT_KEY].items()}
     else:
         point = {d.param: int(config[d.param]) for d in ctx.space.dimensions}
     evaluate_point(ctx, point, tune.report)

@@ -41,3 +41,28 @@ def cache(tmp_path):
     c = TensorCache(tmp_path / "cache", size_limit=1 << 30)
     yield c
     c.close()
+
+
+@pytest.fixture
+def demo_store(tiny_models, tmp_path):
+    """(store dir, source path): a study "demo" of four complete rows (llama.cpp presets of a copy of the tiny gemma4
+    model, with made-up KLDs), written through the store module; fast, no Ray."""
+    import json
+    import shutil
+
+    from cerebellum_ray import store
+    from cerebellum_ray.catalog import load_catalog
+    from cerebellum_ray.precision_map import MapSpec, resolve, tensor_bytes
+
+    source = tmp_path / "source.gguf"
+    shutil.copyfile(tiny_models["gemma4"], source)
+    cat = load_catalog(source)
+    store_dir = tmp_path / "store"
+    for i, (preset, kld) in enumerate([("Q2_K", 0.3), ("Q3_K_M", 0.1), ("Q4_K_M", 0.05), ("Q8_0", 0.01)]):
+        pmap = resolve(cat, MapSpec(base=preset))
+        size = tensor_bytes(cat, pmap)
+        store.append(store_dir, {
+            "study": "demo", "trial_id": f"t{i}", "strategy": "optuna", "status": "complete", "map": dict(pmap.types),
+            "map_hash": pmap.digest, "size_bytes": size, "bpw": 8 * size / cat.n_elements, "kld": kld,
+            "kld_se": 0.001, "ppl": 10 + kld, "params": json.dumps({"base": preset}), "eval_hash": "e"})
+    return str(store_dir), str(source)

@@ -3,6 +3,7 @@
 import llama_cpp
 
 import multiprocessing
+import shutil
 
 import numpy as np
 import pytest
@@ -11,14 +12,15 @@ from gguf import GGUFReader
 from cerebellum_ray.build import BuildError, build, predicted_file_size
 from cerebellum_ray.catalog import load_catalog
 from cerebellum_ray.gguf_io import GGUFError
-from cerebellum_ray.imatrix import load_imatrix
+from cerebellum_ray.imatrix import Imatrix, load_imatrix
 from cerebellum_ray.precision_map import MapError, MapSpec, Rule, resolve
-from cerebellum_ray.tensor_cache import TensorCache
+from cerebellum_ray.atomic import OutputError
+from cerebellum_ray.tensor_cache import ENTRY_HEADER, TensorCache
 
 
-def _map(model, base="Q4_K_M", rules=(), fallback=False):
+def _map(model, base="Q4_K_M", rules=(), fallback=False, has_imatrix=False):
     return resolve(load_catalog(model), MapSpec(rules=tuple(Rule(p, t) for p, t in rules), base=base,
-                                                fallback=fallback))
+                                                fallback=fallback), has_imatrix=has_imatrix)
 
 
 def _eval_logits(path):
@@ -89,16 +91,19 @@ def test_cache_rebuild_quantizes_only_changed_tensors(tiny_models, tmp_path, cac
 
 
 def test_cache_is_size_bounded_lru(tmp_path):
+    n = 100_000
     cache = TensorCache(tmp_path / "lru", size_limit=350_000)
     try:
         for key in "abc":
-            cache.put(key, np.full(100_000, ord(key), np.uint8))
-        assert cache.get("a").read(1) == b"a"  # touch a: now b is the least recently used
-        cache.put("d", np.full(100_000, ord("d"), np.uint8))
-        assert cache.volume == 300_000
-        assert cache.get("b") is None
-        assert [cache.get(k) is not None for k in "acd"] == [True, True, True]
-        assert cache.get("d").read() == b"d" * 100_000
+            cache.put(key, np.full(n, ord(key), np.uint8))
+        with cache.get("a", n) as hit:  # touch a: now b is the least recently used
+            assert hit.file.read(1) == b"a"
+        cache.put("d", np.full(n, ord("d"), np.uint8))
+        assert cache.volume == 3 * (n + ENTRY_HEADER)
+        assert cache.get("b", n) is None
+        assert [cache.get(k, n) is not None for k in "acd"] == [True, True, True]
+        with cache.get("d", n) as hit:
+            assert hit.file.read() == b"d" * n
     finally:
         cache.close()
 
@@ -140,7 +145,7 @@ def test_concurrent_builders_share_one_cache(tiny_models, tmp_path):
     try:
         names = [path.name for _, _, path in cache.entries()]
         assert len(names) == len(set(names)) == n_quantizable  # one entry per key, none duplicated
-        assert list((cache_dir / "tmp").iterdir()) == []  # no leftover partial writes
+        assert not [p for p in cache_dir.rglob("*") if p.name.endswith(".partial")]  # no leftover partial writes
     finally:
         cache.close()
 
@@ -211,7 +216,7 @@ def test_unwritable_output_is_refused(tiny_models, tmp_path, where):
     (tmp_path / "is-a-dir").mkdir()
     out = tmp_path / where
     before = sorted(p.name for p in tmp_path.iterdir())
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="cannot write"):
         build(tiny_models["llama"], _map(tiny_models["llama"], "Q4_K_M"), out)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert list((tmp_path / "is-a-dir").iterdir()) == []
@@ -230,3 +235,41 @@ def test_failure_mid_build_leaves_no_file(tiny_models, tmp_path, monkeypatch):
         build(tiny_models["llama"], _map(tiny_models["llama"], "Q4_K_M"), out)
     assert out.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["out.gguf"]
+
+
+def test_a_changed_imatrix_misses_the_cache(tiny_models, tiny_imatrix, tmp_path):
+    """The entry key holds the digest of each tensor's importance vector: another imatrix quantizes again."""
+    model = tiny_models["llama"]
+    cache = TensorCache(tmp_path / "c", size_limit=1 << 30)
+    pmap = _map(model, "Q4_K_M", has_imatrix=True)
+    first = load_imatrix(tiny_imatrix["llama"]["gguf"])
+    build(model, pmap, tmp_path / "a.gguf", imatrix=first, cache=cache, n_threads=2)
+    again = build(model, pmap, tmp_path / "b.gguf", imatrix=first, cache=cache, n_threads=2)
+    assert again.count("quantized") == 0 and again.count("cached") > 0
+    scaled = Imatrix.build({k: np.asarray(v) * 3.0 + 1.0 for k, v in first.entries.items()}, n_mat=first.n_mat)
+    other = build(model, pmap, tmp_path / "c.gguf", imatrix=scaled, cache=cache, n_threads=2)
+    with_entries = {a.name for a in other.actions if a.action != "copied" and first.vector(a.name) is not None}
+    assert with_entries and {a.name for a in other.actions if a.action == "quantized"} >= with_entries
+    build(model, pmap, tmp_path / "d.gguf", imatrix=scaled, n_threads=2)  # no cache
+    assert (tmp_path / "c.gguf").read_bytes() == (tmp_path / "d.gguf").read_bytes()
+
+
+def test_a_changed_source_tensor_misses_the_cache(tiny_models, tmp_path):
+    """Rewrite one tensor's bytes of a copy of the source: that tensor alone is quantized again."""
+    src = tmp_path / "m.gguf"
+    shutil.copyfile(tiny_models["llama"], src)
+    cache = TensorCache(tmp_path / "c", size_limit=1 << 30)
+    pmap = _map(src, "Q4_K_M")
+    build(src, pmap, tmp_path / "a.gguf", cache=cache, n_threads=2)
+    cat = load_catalog(src)
+    victim = next(t for t in cat.tensors if t.name.endswith("attn_q.weight"))
+    with open(src, "r+b") as f:
+        f.seek(victim.data_offset)
+        data = bytearray(f.read(victim.n_bytes))
+        data[:64] = bytes(reversed(data[:64]))
+        f.seek(victim.data_offset)
+        f.write(data)
+    report = build(src, pmap, tmp_path / "b.gguf", cache=cache, n_threads=2)
+    assert [a.name for a in report.actions if a.action == "quantized"] == [victim.name]
+    build(src, pmap, tmp_path / "c.gguf", n_threads=2)
+    assert (tmp_path / "b.gguf").read_bytes() == (tmp_path / "c.gguf").read_bytes()

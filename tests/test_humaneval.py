@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -12,18 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from cerebellum_ray.cli import main
 from cerebellum_ray.humaneval import (
     ExecResult,
-    SandboxLimits,
-    add_humaneval_check_parser,
     check_completions,
     check_program,
     load_problems,
     pass_at_k,
-    sandbox_isolation,
-    sandbox_uid_processes,
     summarize,
 )
+from cerebellum_ray.sandbox import SandboxLimits, sandbox_isolation, sandbox_uid_processes
 
 N_PROBLEMS = 164
 
@@ -177,8 +174,13 @@ def test_memory_bomb_hits_the_limit(problem, bomb):
 
 
 def test_file_size_limit(problem):
-    res = check_program(problem, "    open('big', 'wb').write(b'x' * (200 << 20))\n", timeout=10.0)
-    assert not res.passed and res.status in ("failed", "killed")
+    """The completion writes 8 MiB, then solves the task: it passes exactly when the file-size limit does not act."""
+    completion = "    open('big', 'wb').write(b'x' * (8 << 20))\n" + problem.canonical_solution
+    limited = check_program(problem, completion, timeout=10.0, limits=SandboxLimits(file_size_bytes=4 << 20))
+    assert not limited.passed and limited.status in ("failed", "killed")
+    assert "File too large" in limited.detail or "file size limit" in limited.detail  # EFBIG, or SIGXFSZ
+    roomy = check_program(problem, completion, timeout=10.0, limits=SandboxLimits(file_size_bytes=12 << 20))
+    assert roomy.passed, roomy.detail
 
 
 def _file_attack(directory: Path, sentinel: Path) -> str:
@@ -351,10 +353,7 @@ def test_summary_with_several_samples():
 
 
 def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="cerebellum-ray")
-    add_humaneval_check_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["humaneval-check", *argv])
-    return args.func(args)
+    return main(["humaneval-check", *argv])
 
 
 def _write_jsonl(path: Path, rows) -> Path:
@@ -414,9 +413,9 @@ def test_cli_missing_file_exits_2(tmp_path, capsys):
 def test_refuses_rather_than_run_as_root(problem, monkeypatch):
     if os.geteuid() != 0:
         pytest.skip("the refusal concerns root only")
-    import cerebellum_ray.humaneval as he
+    import cerebellum_ray.sandbox as sb
 
-    monkeypatch.setattr(he, "_interpreter_candidates", list)
+    monkeypatch.setattr(sb, "_interpreter_candidates", list)
     try:
         iso = sandbox_isolation(refresh=True)
         assert iso.refusal and "SANDBOX UNAVAILABLE" in iso.describe()

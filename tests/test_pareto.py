@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from cerebellum_ray import pareto
+from cerebellum_ray import pareto, plots
 from cerebellum_ray.pareto import (
     OBJECTIVES,
     Front,
@@ -326,7 +326,7 @@ def test_plot_png_renders(tmp_path, objectives):
 
     rows, refs = demo_rows()
     fronts = compute_fronts(rows, objectives)
-    out = pareto.plot_png(fronts, refs, tmp_path / "front.png", objectives, size_inches=(8, 5), dpi=50)
+    out = plots.plot_png(fronts, refs, tmp_path / "front.png", objectives, size_inches=(8, 5), dpi=50)
     assert out.stat().st_size > 0
     assert imread(out).shape[:2] == (250, 400)
     assert [p.name for p in tmp_path.iterdir()] == ["front.png"]  # the temp file was moved, not left behind
@@ -337,7 +337,7 @@ def test_plot_html_is_self_contained(tmp_path, objectives):
     pytest.importorskip("plotly")
     rows, refs = demo_rows()
     fronts = compute_fronts(rows, objectives)
-    out = pareto.plot_html(fronts, refs, tmp_path / "front.html", objectives)
+    out = plots.plot_html(fronts, refs, tmp_path / "front.html", objectives)
     html = out.read_text(encoding="utf-8")
     assert len(html) > 1_000_000  # plotly.js inline
     assert 'src="https://cdn.plot.ly' not in html
@@ -350,9 +350,9 @@ def test_plot_refuses_mismatched_objectives(tmp_path):
     rows, refs = demo_rows()
     fronts = compute_fronts(rows, ["size", "kld"])
     with pytest.raises(ValueError, match="objectives"):
-        pareto.plot_png(fronts, refs, tmp_path / "x.png", ["size", "ppl"])
+        plots.plot_png(fronts, refs, tmp_path / "x.png", ["size", "ppl"])
     with pytest.raises(ValueError, match="empty"):
-        pareto.plot_html([], refs, tmp_path / "x.html", ["size", "kld"])
+        plots.plot_html([], refs, tmp_path / "x.html", ["size", "kld"])
 
 
 def test_reference_labels_at_the_same_spot_are_spread_apart():
@@ -365,7 +365,7 @@ def test_reference_labels_at_the_same_spot_are_spread_apart():
     ax.set_ylim(0, 1)
     labels = [ax.annotate(name, (0.5, 0.5 + i * 0.001), xytext=(7, 6), textcoords="offset points")
               for i, name in enumerate(["Q2_K", "Q3_K_S", "Q3_K_M"])]
-    pareto._spread_labels(fig, ax, labels)
+    plots._spread_labels(fig, ax, labels)
     boxes = [label.get_window_extent() for label in labels]
     assert not any(boxes[i].overlaps(boxes[j]) for i in range(3) for j in range(i + 1, 3))
     assert labels[0].get_position() == (7, 6)  # the first keeps the default spot

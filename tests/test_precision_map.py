@@ -124,5 +124,5 @@ def test_parse_formats(tmp_path):
     assert load_spec(tmp_path / "m.json").rules == (Rule("attn_q", "Q5_K"), Rule("ffn_up", "Q2_K"))
     with pytest.raises(MapError, match="unknown base preset"):
         spec_from_data({"base": "Q9_K"})
-    with pytest.raises(MapError, match="unknown keys"):
+    with pytest.raises(MapError, match="unknown key .bas.; allowed: base, fallback, like, types"):
         spec_from_data({"types": {}, "bas": "Q4_K_M"})

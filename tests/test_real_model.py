@@ -55,7 +55,7 @@ def test_score_agrees_with_a_plain_numpy_pass_on_gemma3(gemma3):
     """Perplexity on the real 262k-vocabulary model through the partial-logits path vs all logits in numpy."""
     import numpy as np
 
-    from cerebellum_ray.cli import default_text
+    from cerebellum_ray.corpus import default_text
     from cerebellum_ray.llama_runner import LlamaRunner, RunnerConfig
     from cerebellum_ray.score import EvalSpec, score
 

@@ -228,3 +228,62 @@ def test_base_override_replaces_the_space_base(tiny_models):
     assert moved.map_for(cat, point).digest != space.map_for(cat, point).digest  # e.g. attn_v follows the base
     with pytest.raises(MapError, match="unknown base preset 'Q9_K'"):
         with_base(space, cat, "Q9_K")
+
+
+def _stopper(tiny_models, finished=()):
+    from cerebellum_ray.catalog import load_catalog
+    from cerebellum_ray.search import _make_dominance_stopper
+    from cerebellum_ray.space import load_space
+
+    return _make_dominance_stopper(load_space(SPACE, load_catalog(tiny_models["gemma4"])), finished)
+
+
+def _running(size, kld, se, chunks=3):
+    return {"size": size, "kld": kld, "kld_se": se, "chunks_done": chunks, "final": False}
+
+
+def test_dominance_stopper_stops_exactly_the_dominated_trial(tiny_models):
+    stop = _stopper(tiny_models)
+    assert not stop("done", {"size": 1.0, "kld": 0.10, "kld_se": 0.01, "chunks_done": 6, "final": True})
+    assert stop("worse and larger", _running(1.5, 0.50, 0.01))
+    assert not stop("within 3 standard errors", _running(1.5, 0.12, 0.01))
+    assert not stop("smaller: leads on size", _running(0.5, 0.90, 0.01))
+    assert not stop("better: leads on KLD", _running(2.0, 0.05, 0.01))
+    assert not stop("too early to judge", _running(1.5, 0.50, 0.01, chunks=1))
+    assert not stop.stop_all()
+
+
+def test_dominance_stopper_is_seeded_with_known_results(tiny_models):
+    assert _stopper(tiny_models, [(1.0, 0.1)])("t", _running(1.5, 0.5, 0.01))
+    assert not _stopper(tiny_models)("t", _running(1.5, 0.5, 0.01))
+
+
+def test_dominance_stopping_prunes_trials_and_tells_optuna(local_ray, tiny_models, tmp_path):
+    """A planted, known result (the smallest map of the space with KLD 0, as from a warm-start study) dominates
+    every trial: the default scheduler stops them after two chunks; each is stored as pruned and PRUNED in Optuna,
+    with no objective values."""
+    import optuna
+
+    from cerebellum_ray.catalog import load_catalog
+    from cerebellum_ray.precision_map import tensor_bytes
+    from cerebellum_ray.search import prepare
+
+    opts = _opts(tiny_models, tmp_path, trials=4, study="pruned", warm_start=("planted",), max_concurrent=1)
+    ctx = prepare(opts, tmp_path / "work")
+    cat = load_catalog(ctx.source)
+    smallest = {d.param: 0 for d in ctx.space.dimensions}
+    pmap = ctx.space.map_for(cat, smallest)
+    store.append(opts.store_dir, {"study": "planted", "trial_id": "p", "strategy": "optuna", "status": "complete",
+                                  "map": dict(pmap.types), "map_hash": pmap.digest, "params": smallest,
+                                  "eval_hash": ctx.eval_hash, "kld": 0.0, "kld_se": 0.0,
+                                  "size_bytes": tensor_bytes(cat, pmap)})
+    run_search(opts)
+    rows = store.rows(opts.store_dir, ["pruned"])
+    pruned = [r for r in rows if r["status"] == "pruned"]
+    assert pruned, [(r["status"], r["kld"]) for r in rows]
+    study = optuna.load_study(study_name="pruned", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(Path(opts.store_dir) / "_optuna" / "pruned.journal"))))
+    for r in pruned:
+        assert r["chunks_done"] == 2 < r["n_chunks"]
+        trial = study.trials[r["optuna_trial"]]
+        assert trial.state == optuna.trial.TrialState.PRUNED and trial.values is None

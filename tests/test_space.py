@@ -48,13 +48,13 @@ def _space(**over):
     ({"dimensions": [{"name": "x", "select": {"regex": "nothing"}, "types": ["Q4_K"]}]}, "dimension x: `select`"),
     ({"dimensions": [{"name": "x", "select": {"group": "attn_q"}, "types": ["Q4_Z"]}]}, "dimension x: unknown ggml"),
     ({"dimensions": [{"name": "x", "select": {"group": "attn_q", "layers": "0-9"}, "types": ["Q4_K"]}]},
-     "reach past the model's 6 layers"),
+     "layer 9 of '0-9' is not a layer of the model"),
     ({"dimensions": [{"name": "a", "select": {"group": "attn_q"}, "types": ["Q4_K"]},
                      {"name": "b", "select": {"regex": "attn_q"}, "types": ["Q4_K"]}]}, "is in two dimensions"),
-    ({"objectives": ["kld", "speed"]}, "unknown objective 'speed'"),
+    ({"objectives": ["kld", "speed"]}, "objectives.1.: 'speed' is not one of kld, ppl"),
     ({"base": "Q9_K"}, "unknown base preset"),
     ({"objectives": ["humaneval", "size"]}, "humaneval_limit"),
-    ({"constraints": {"max_size": "12 parsecs"}}, "is not a size"),
+    ({"constraints": {"max_size": "12 parsecs"}}, "constraints.max_size: '12 parsecs' is not in the expected form"),
 ])
 def test_invalid_spaces_are_refused_with_names(gemma4, change, needle):
     with pytest.raises(SpaceError, match=needle.replace("(", r"\(").replace("`", ".")):

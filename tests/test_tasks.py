@@ -114,7 +114,7 @@ def test_chat_prompt_uses_the_models_template(tiny_models, tmp_path):
     """A copy of the tiny model with a Gemma-style tokenizer.chat_template key: the prompt goes through it."""
     from gguf import GGUFValueType
 
-    from cerebellum_ray import gguf_io
+    from cerebellum_ray import atomic, gguf_io
     from cerebellum_ray.catalog import load_catalog
     from cerebellum_ray.ggml_types import TYPES
     from cerebellum_ray.tasks import chat_prompt
@@ -129,7 +129,7 @@ def test_chat_prompt_uses_the_models_template(tiny_models, tmp_path):
     layout = gguf_io.GGUFLayout.build(kv, slots, cat.alignment)
     data = Path(tiny_models["llama"]).read_bytes()
     out = tmp_path / "chat.gguf"
-    with gguf_io.atomic_output(out) as f:
+    with atomic.atomic_output(out) as f:
         f.write(layout.header)
         for t, slot in zip(cat.tensors, slots):
             f.write(data[t.data_offset:t.data_offset + t.n_bytes])

@@ -38,10 +38,10 @@ def test_same_seed_same_bytes(tmp_path, arch):
 
 
 def test_write_is_atomic(tmp_path, monkeypatch):
-    def boom(self, **kwargs):
+    def boom(self, *args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(tiny.GGUFWriter, "write_tensors_to_file", boom)
+    monkeypatch.setattr(tiny.GGUFWriter, "write_tensor_data", boom)
     with pytest.raises(OSError, match="disk full"):
         make_tiny("llama", tmp_path / "m.gguf")
     assert list(tmp_path.iterdir()) == []  # neither the model nor a temporary file

@@ -1,0 +1,348 @@
+"""What every search strategy shares: the study's preparation, Ray, trial resources and the driver-side callbacks.
+
+    prepare()  space validated against the model, imatrix checked, reference computed once -> TrialContext
+    init_ray() a local Ray (or the cluster at --address) -> its resources -> trial_resources()
+    make_callbacks()  StoreCallback (the store's only writer: one row per finished trial) + live progress lines
+
+The Optuna driver (search.py) and the ablation procedure (ablation.py) both build on this module; neither imports
+the other's internals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from collections.abc import Mapping
+
+from . import __version__, store
+from .catalog import load_catalog
+from .space import SearchSpace, SpaceError, load_space
+from .trial import MAP_KEY, POINT_KEY, TrialContext
+
+@dataclass(frozen=True)
+class SearchOptions:
+    space_file: str
+    source: str
+    study: str
+    store_dir: str
+    strategy: str = "optuna"
+    reference: str | None = None  # reference model; default: the source itself
+    imatrix: str | None = None
+    trials: int | None = None  # default: the space's search.trials
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 1.0
+    max_concurrent: int | None = None
+    scheduler: str = "dominance"  # dominance | asha | none
+    max_failures: int = 2
+    resume: bool = False
+    address: str | None = None
+    storage_path: str | None = None  # Ray Tune experiment storage (shared FS or s3:// on a cluster)
+    cache_dir: str | None = None
+    seed: int | None = None
+    verbose: bool = True
+    num_cpus: int | None = None  # for a local Ray started by us
+    num_gpus: float | None = None
+    presets: tuple[str, ...] = ()  # strategy "presets": llama.cpp presets to score as reference points
+    warm_start: tuple[str, ...] = ()  # studies (e.g. an ablation) whose results seed a new Optuna study
+    map_file: str | None = None  # strategy "fixed": a precision map file to score
+    base: str | None = None  # a llama.cpp preset replacing the space's base (e.g. an ablation from Q3_K_M)
+
+
+
+# ---- preparation ---------------------------------------------------------------------------------------------------
+
+
+def eval_text(space: SearchSpace) -> str:
+    if space.evaluation.text:
+        path = Path(space.evaluation.text)
+        if not path.is_absolute():
+            path = Path(space.source_file).parent / path
+        return path.read_text()
+    from .corpus import default_text
+
+    return default_text()
+
+
+def prepare(opts: SearchOptions, work_dir: Path | None = None) -> TrialContext:
+    """Validate the space against the model and compute the reference once (nothing runs if anything is wrong)."""
+    from .digests import file_digest
+    from .reference import default_reference_dir, load_reference, save_reference
+    from .score import EvalSpec, compute_reference
+
+    catalog = load_catalog(opts.source)
+    space = load_space(opts.space_file, catalog)
+    if opts.base:
+        space = with_base(space, catalog, opts.base)
+    if opts.trials is not None and opts.trials < 1:
+        raise SpaceError(f"--trials must be at least 1, got {opts.trials}")
+    if opts.imatrix:
+        from .build import check_imatrix_fits
+        from .imatrix import load_imatrix
+
+        check_imatrix_fits(catalog, load_imatrix(opts.imatrix), opts.imatrix)
+    text = eval_text(space)
+    ev = space.evaluation
+    from .tasks import load_choice_items
+
+    mc_items = tuple(item for path in ev.mc for item in load_choice_items(path))  # read here, shipped to workers
+    spec = EvalSpec(text, n_ctx=ev.ctx, n_chunks=ev.chunks, top_k=ev.top_k, tail_samples=ev.tail_samples)
+    # KLD is always recorded (the reference pass runs once per study and is cached across studies)
+    ref_model = opts.reference or opts.source
+    digest = file_digest(ref_model, default_reference_dir() / "digests")
+    key = hashlib.sha256(json.dumps([digest, hashlib.sha256(text.encode()).hexdigest(), ev.ctx, ev.chunks,
+                                     ev.top_k, ev.tail_samples]).encode()).hexdigest()
+    cached = default_reference_dir() / f"search-{key}"
+    if (cached / "meta.json").exists():
+        reference = load_reference(cached)
+    else:
+        reference = compute_reference(ref_model, spec, model_digest=digest)
+        save_reference(reference, cached)
+    reference = _materialize(reference)
+    eval_hash = hashlib.sha256(json.dumps([hashlib.sha256(text.encode()).hexdigest(), ev.ctx, ev.chunks, ev.top_k,
+                                           ev.humaneval_limit, _mc_key(mc_items),
+                                           reference.key.digest]).encode()).hexdigest()
+    return TrialContext(
+        study=opts.study, source=str(Path(opts.source).resolve()), space=space, eval_text=text, eval_hash=eval_hash,
+        reference=reference, imatrix_path=str(Path(opts.imatrix).resolve()) if opts.imatrix else None,
+        cache_dir=opts.cache_dir, work_dir=str(work_dir) if work_dir else None,
+        # one llama.cpp/quantizer thread per CPU granted: ggml's threads spin while waiting, so oversubscribed
+        # trials slow each other down by an order of magnitude
+        n_threads=max(1, int(opts.cpus_per_trial)),
+        store_dir=str(Path(opts.store_dir).resolve()),
+        mc_items=mc_items,
+    )
+
+
+def _mc_key(items) -> list[str]:
+    """What the evaluation hash records of the multiple-choice items: nothing when there are none (so studies
+    without them keep their hash), else a digest of their content (not of file paths)."""
+    if not items:
+        return []
+    blob = json.dumps([[i.id, i.prompt, list(i.choices), i.answer] for i in items]).encode()
+    return [hashlib.sha256(blob).hexdigest()]
+
+
+def with_base(space: SearchSpace, catalog, preset: str) -> SearchSpace:
+    """The space with `preset` as its base map (checked against the model now, before anything runs)."""
+    from dataclasses import replace
+
+    from .precision_map import MapSpec, resolve
+
+    base = MapSpec(base=preset, fallback=space.base.fallback)
+    resolve(catalog, base)  # an unknown preset, or one whose types the model's rows cannot take, fails here
+    return replace(space, base=base)
+
+
+def _materialize(ref):
+    """Copy memory-mapped arrays so the reference pickles into Ray's object store."""
+    import numpy as np
+
+    from .logprobs import TopK
+    from .reference import Reference
+
+    t = ref.topk
+    copy = TopK(*(None if a is None else np.array(a) for a in (t.ids, t.logprobs, t.log_rest, t.target_logprob,
+                                                                t.tail_ids, t.tail_logprobs)))
+    return Reference(ref.key, copy, ref.model_path, ref.ppl)
+
+
+# ---- driver-side callbacks ----------------------------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"cerebellum-ray": __version__}
+    for pkg in ("llama-cpp-python", "ray", "optuna", "gguf", "numpy", "pyarrow"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def make_callbacks(ctx: TrialContext, opts: SearchOptions, strategy: str, labels: Mapping[str, str] | None = None):
+    from ray import tune
+
+    catalog = load_catalog(ctx.source)
+    base_map = None  # the space's base map, resolved on first use
+    versions = _versions()
+
+    class StoreCallback(tune.Callback):
+        """Append one row per finished trial to the store (the driver is the only writer)."""
+
+        def __init__(self):
+            self.started: dict[str, float] = {}
+            self.metrics = _RayMetrics()
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.started[trial.trial_id] = time.time()
+
+        def _what(self, trial):
+            """(params, label, map) of a trial: a point of the space, or a fixed map (presets, map files)."""
+            if MAP_KEY in trial.config:
+                from .trial import map_from_spec
+
+                spec = trial.config[MAP_KEY]
+                return spec, spec.get("label"), map_from_spec(ctx, spec)
+            source = trial.config[POINT_KEY] if POINT_KEY in trial.config else trial.config
+            point = {d.param: int(source[d.param]) for d in ctx.space.dimensions if d.param in source}
+            pmap = ctx.space.map_for(catalog, point)
+            return point, (labels or {}).get(json.dumps(point, sort_keys=True)), pmap
+
+        def _row(self, trial, status: str, error: str | None = None) -> dict[str, Any]:
+            params, label, pmap = self._what(trial)
+            row: dict[str, Any] = {
+                "study": ctx.study, "trial_id": trial.trial_id, "strategy": strategy, "status": status,
+                "error": error, "params": params, "label": label, "eval_hash": ctx.eval_hash, "versions": versions,
+                "started_at": self.started.get(trial.trial_id, time.time()), "finished_at": time.time(),
+                "optuna_trial": trial.config.get("optuna_trial"), "gpus": opts.gpus_per_trial,
+            }
+            if pmap is not None:
+                row.update(map=dict(pmap.types), map_hash=pmap.digest, n_changed=len(pmap.changed_from(_base_map())))
+            result = trial.last_result or {}
+            row.update({c: result[c] for c in store.SCHEMA.names if c in result and c not in row})
+            return row
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if (trial.last_result or {}).get("from_store"):
+                return  # stored before the driver died; the row is already there
+            status = "complete" if (trial.last_result or {}).get("final") else "pruned"
+            row = self._row(trial, status)
+            store.append(opts.store_dir, row)
+            self.metrics.record(row)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            err = str(getattr(trial, "error_file", "") or "")
+            message = _error_message(trial) or err
+            store.append(opts.store_dir, self._row(trial, "failed", message))
+
+    def _base_map():
+        nonlocal base_map
+        if base_map is None:
+            from .precision_map import resolve
+
+            base_map = resolve(catalog, ctx.space.base)
+        return base_map
+
+    callbacks = [StoreCallback()]
+    if opts.verbose:
+        callbacks.append(_make_progress_callback(ctx))
+    return callbacks
+
+
+def _error_message(trial) -> str:
+    try:
+        path = Path(trial.local_path) / "error.txt"
+        text = path.read_text().strip().splitlines()
+        return text[-1][:2000] if text else ""
+    except Exception:
+        return ""
+
+
+class _RayMetrics:
+    """Custom metrics in Ray's metrics system (Prometheus on each node's metrics port, prefixed ray_)."""
+
+    def __init__(self):
+        try:
+            from ray.util.metrics import Counter, Gauge, Histogram
+
+            self.finished = Counter("cerebellum_trials_finished", description="trials finished",
+                                    tag_keys=("study", "status"))
+            self.best_kld = Gauge("cerebellum_best_kld", description="best mean KLD so far", tag_keys=("study",))
+            bounds = [0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600]
+            self.build_s = Histogram("cerebellum_build_seconds", boundaries=bounds, tag_keys=("study",))
+            self.score_s = Histogram("cerebellum_score_seconds", boundaries=bounds, tag_keys=("study",))
+            self.best = math.inf
+        except Exception:  # pragma: no cover - metrics are best effort
+            self.finished = None
+
+    def record(self, row: Mapping[str, Any]) -> None:
+        if self.finished is None:
+            return
+        tags = {"study": row["study"]}
+        self.finished.inc(1, tags={**tags, "status": row["status"]})
+        for name, hist in (("build_s", self.build_s), ("score_s", self.score_s)):
+            if row.get(name) is not None:
+                hist.observe(float(row[name]), tags=tags)
+        if row["status"] == "complete" and row.get("kld") is not None and row["kld"] < self.best:
+            self.best = row["kld"]
+            self.best_kld.set(self.best, tags=tags)
+
+
+def _make_progress_callback(ctx: TrialContext):
+    from ray import tune
+
+    class Progress(tune.Callback):
+        """A live terminal view: one line per finished trial, a status line every 15 s."""
+
+        def __init__(self):
+            self.last = 0.0
+            self.done = 0
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            now = time.time()
+            if now - self.last > 15:
+                self.last = now
+                running = sum(t.status == "RUNNING" for t in trials)
+                print(f"  [{time.strftime('%H:%M:%S')}] running {running}, finished {self.done}", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+            r = trial.last_result or {}
+            status = "complete" if r.get("final") else "pruned after {} chunks".format(r.get("chunks_done"))
+            kld = f"kld {r['kld']:.4f}" if "kld" in r else ""
+            print(f"  trial {trial.trial_id}: {status}, {r.get('bpw', float('nan')):.3f} bpw, {kld}, "
+                  f"ppl {r.get('ppl', float('nan')):.3f}", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.done += 1
+            print(f"  trial {trial.trial_id}: failed ({_error_message(trial)})", flush=True)
+
+    return Progress()
+
+
+# ---- running ------------------------------------------------------------------------------------------------------
+
+
+def init_ray(opts: SearchOptions) -> dict[str, float]:
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # save Tune's experiment state every 2 s, so that a killed driver loses (and re-runs) as little as possible
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    if not ray.is_initialized():
+        if opts.address:
+            ray.init(address=opts.address, log_to_driver=False)
+        else:
+            # address="local": always a fresh local Ray, even if another one runs here (use --address auto for that)
+            ray.init(address="local", num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, include_dashboard=None,
+                     log_to_driver=False,
+                     runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}})
+    return ray.cluster_resources()
+
+
+def trial_resources(opts: SearchOptions, cluster: Mapping[str, float]) -> dict[str, float]:
+    gpus = opts.gpus_per_trial
+    if gpus and cluster.get("GPU", 0) <= 0:
+        print(f"warning: --gpus-per-trial {gpus} but the cluster has no GPU: running CPU trials instead",
+              file=sys.stderr)
+        gpus = 0.0
+    return {"cpu": opts.cpus_per_trial, "gpu": gpus}
+
+
+
+@dataclass
+class SearchResult:
+    study: str
+    store_dir: str
+    experiment_path: str
+    n_trials: int
+    skipped: dict[str, int] = field(default_factory=dict)
