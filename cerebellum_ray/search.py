@@ -28,6 +28,13 @@ from .catalog import load_catalog
 from .search_runtime import (  # noqa: F401  (SearchOptions, SearchResult, prepare, ... are this module's API too)
     SearchOptions, SearchResult, init_ray, make_callbacks, prepare, trial_resources, with_base,
 )
+# Tune experiments stored before search_runtime.py existed hold callbacks pickled with references to these names in
+# this module (e.g. cerebellum_ray.search._RayMetrics): they stay importable from here so that `--resume` of such an
+# experiment works (checked: an experiment started with the older code resumed with this one; tests/test_search.py).
+from .search_runtime import (  # noqa: E402, F401
+    _error_message, _make_progress_callback, _materialize, _RayMetrics, _versions, eval_text,
+)
+from .search_runtime import make_callbacks as _make_callbacks  # noqa: E402, F401
 from .space import SearchSpace
 from .trial import MAP_KEY, TrialContext, ray_trainable
 
