@@ -203,3 +203,47 @@ def llama_quantize(
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize({src} -> {dst}, ftype {ftype_id}) failed with code {rc}")
+
+
+# ---- compute devices ----------------------------------------------------------------------------------------------
+
+DEVICE_TYPES = ("CPU", "GPU", "IGPU", "ACCEL", "META")  # enum ggml_backend_dev_type, in order
+
+
+@functools.lru_cache(maxsize=1)
+def devices() -> tuple[tuple[str, str], ...]:
+    """(type, description) of every device llama.cpp's ggml can run on, e.g. ("GPU", "NVIDIA H200")."""
+    from ._llama import llama_cpp
+
+    llama_cpp.llama_backend_init()  # registers the backends (CPU, and CUDA in a CUDA build)
+    candidates = sorted(_llama_cpp_lib_dir().glob("libggml.*"))
+    candidates = [c for c in candidates if c.name.split(".")[0] == "libggml"]
+    if not candidates:
+        return ()
+    reg = ctypes.CDLL(str(candidates[0]))
+    reg.ggml_backend_dev_count.restype = ctypes.c_size_t
+    reg.ggml_backend_dev_get.restype = ctypes.c_void_p
+    reg.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    base = _lib()
+    base.ggml_backend_dev_description.restype = ctypes.c_char_p
+    base.ggml_backend_dev_description.argtypes = [ctypes.c_void_p]
+    base.ggml_backend_dev_type.restype = ctypes.c_int
+    base.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    out = []
+    for i in range(int(reg.ggml_backend_dev_count())):
+        dev = reg.ggml_backend_dev_get(i)
+        kind = int(base.ggml_backend_dev_type(dev))
+        name = (base.ggml_backend_dev_description(dev) or b"").decode("utf-8", "replace").strip()
+        out.append((DEVICE_TYPES[kind] if 0 <= kind < len(DEVICE_TYPES) else str(kind), name))
+    return tuple(out)
+
+
+def device_name(gpu: bool) -> str:
+    """What runs a model: the first GPU's description when layers are offloaded, else "CPU: <description>"."""
+    devs = devices()
+    if gpu:
+        names = [n for kind, n in devs if kind in ("GPU", "IGPU")]
+        if names:
+            return names[0]
+    cpu = [n for kind, n in devs if kind == "CPU"]
+    return f"CPU: {cpu[0]}" if cpu and cpu[0] else "CPU"

@@ -27,7 +27,7 @@ EXIT_BAD_INPUT = 2
 EXIT_NO_SANDBOX = 1
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 128 + signal.SIGTERM
-METRICS = ("ppl", "kld", "humaneval", "mc")
+METRICS = ("ppl", "kld", "kld_code", "ppl_code", "humaneval", "mc")
 
 
 def _print_json(data: Any) -> None:
@@ -271,7 +271,7 @@ def cmd_score(args) -> int:
     from ._llama import llama_cpp  # noqa: F401  (before numpy)
     from .corpus import default_text
     from .llama_runner import LlamaRunner, RunnerConfig
-    from .score import EvalSpec, reference_for, score_stream
+    from .score import EvalSpec, reference_for, score, score_stream
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = sorted(set(metrics) - set(METRICS))
@@ -302,6 +302,14 @@ def cmd_score(args) -> int:
                 line = {"running": record.as_dict()} if args.json else _running_line(record)
                 print(json.dumps(line, default=str) if args.json else line, flush=True)
         result["text"] = record.as_dict()
+    if "kld_code" in metrics or "ppl_code" in metrics:
+        from .corpus import default_code_text
+
+        code = _read_text_file(args.code_text, "code text") if args.code_text else default_code_text()
+        code_spec = EvalSpec(text=code, n_ctx=args.ctx, n_chunks=args.chunks, top_k=args.top_k,
+                             tail_samples=args.tail_samples)
+        code_ref = reference_for(args.reference, None, code_spec, config) if "kld_code" in metrics else None
+        result["code"] = score(args.model, code_spec, code_ref, config).as_dict()
     if "humaneval" in metrics or "mc" in metrics:
         from .tasks import load_choice_items, score_choices, score_humaneval
 
@@ -339,6 +347,13 @@ def _print_score(result: dict) -> None:
             print(f"same top token {100 * t['same_top']:.2f}% +/- {100 * t['same_top_se']:.2f}%   "
                   f"RMS delta-p {100 * t['rms_dp']:.3f}% +/- {100 * t['rms_dp_se']:.3f}%   "
                   f"reference ppl {t['reference_ppl']:.4f} (top-{t['top_k']})")
+    c = result.get("code")
+    if c:
+        line = f"code: perplexity {c['ppl']:.4f} +/- {c['ppl_se']:.4f}"
+        if c["kld"] is not None:
+            line += (f"   KL divergence mean {c['kld']:.6f} +/- {c['kld_se']:.6f}   same top token "
+                     f"{100 * c['same_top']:.2f}%")
+        print(line + f"   ({c['n_scored']} scored tokens, {c['tokens_per_second']:.0f} tokens/s)")
     he = result.get("humaneval")
     if he:
         print(f"HumanEval pass@1 {100 * he['pass_at_1']:.1f}% +/- {100 * he['pass_at_1_se']:.1f}% "
@@ -428,7 +443,7 @@ def _print_study_summary(summary: dict, store_dir: str) -> None:
 
 def cmd_pareto(args) -> int:
     from .atomic import check_destination, refuse_store_files
-    from .pareto import compare_fronts, compute_fronts, knee_point, rows_for_fronts
+    from .pareto import OBJECTIVES, compare_fronts, compute_fronts, knee_point, rows_for_fronts
 
     for path in args.plot or []:
         if not path.endswith((".png", ".html")):
@@ -436,18 +451,25 @@ def cmd_pareto(args) -> int:
         check_destination(path)
         refuse_store_files(path, args.store)
     objectives = [args.x] + (args.y or ["kld"])
+    if len(set(objectives)) != len(objectives):
+        raise CerebellumError(f"--x and --y name the same metric twice: {objectives}")
     search, refs = rows_for_fronts(args.store, args.study)
+    search, refs = _within_size(search, args), _within_size(refs, args)
+    colour = args.colour
+    if colour is None and len(objectives) == 2 and not {"size", "bpw"} & set(objectives):
+        colour = "bpw"  # a front of two qualities: size as colour
     fronts = compute_fronts(search + refs if args.include_references else search, objectives, group_by=args.by)
     if args.plot:
         from .plots import plot_html, plot_png
 
         for path in args.plot:
-            (plot_html if path.endswith(".html") else plot_png)(fronts, refs, path, objectives)
+            (plot_html if path.endswith(".html") else plot_png)(fronts, refs, path, objectives, colour=colour)
     comparisons = [{"a": a.study, "b": b.study, **compare_fronts(a, b)}
                    for i, a in enumerate(fronts) for b in fronts[i + 1:]]
-    columns = ("trial_id", "strategy", "label", "size_bytes", "bpw", "kld", "kld_se", "ppl", "ppl_se", "humaneval")
+    columns = tuple(dict.fromkeys(("trial_id", "strategy", "label", "size_bytes", "bpw", "kld", "kld_se", "ppl",
+                                   "ppl_se", "humaneval", *(OBJECTIVES[o][0] for o in objectives))))
     result = {
-        "objectives": objectives, "group_by": args.by,
+        "objectives": objectives, "group_by": args.by, "colour": colour,
         "fronts": [{"name": f.study, "hypervolume": f.hypervolume, "hypervolume_fraction": f.hypervolume_fraction,
                     "reference_point": list(map(float, f.reference_point)), "n_points": len(f.points),
                     "knee": {k: knee_point(f).get(k) for k in columns} if f.points else None,
@@ -459,25 +481,47 @@ def cmd_pareto(args) -> int:
     if args.json:
         _print_json(result)
         return 0
+    shown = [c for c in ("bpw", "size_bytes", "kld", "ppl", "humaneval", *(OBJECTIVES[o][0] for o in objectives))
+             if c in columns]
+    shown = list(dict.fromkeys(shown))
     for f in result["fronts"]:
-        print(f"\n{args.by} {f['name']}: {f['n_points']} points on the front, hypervolume {f['hypervolume']:.6g} "
-              f"({100 * f['hypervolume_fraction']:.1f}% of the box)")
-        print(f"  {'trial':<22} {'bpw':>7} {'size GB':>9} {'kld':>10} {'+/-':>8} {'ppl':>10} {'humaneval':>9}  label")
+        print(f"\n{args.by} {f['name']}: {f['n_points']} points on the front of {' / '.join(objectives)}, "
+              f"hypervolume {f['hypervolume']:.6g} ({100 * f['hypervolume_fraction']:.1f}% of the box)")
+        print(f"  {'trial':<22} " + " ".join(f"{c:>14}" for c in shown) + "  label")
         for p in f["points"]:
-            he = "" if p["humaneval"] is None else f"{100 * p['humaneval']:.1f}%"
             knee = "  <- knee" if f["knee"] and p["trial_id"] == f["knee"]["trial_id"] else ""
-            print(f"  {p['trial_id']:<22} {p['bpw']:>7.3f} {p['size_bytes'] / 1e9:>9.4f} {p['kld']:>10.5f} "
-                  f"{p['kld_se'] or 0:>8.5f} {p['ppl']:>10.3f} {he:>9}  {p['label'] or ''}{knee}")
+            print(f"  {p['trial_id']:<22} " + " ".join(f"{_cell(p.get(c)):>14}" for c in shown)
+                  + f"  {p['label'] or ''}{knee}")
     for c in comparisons:
         print(f"\n{c['a']} vs {c['b']}: hypervolume {c['hypervolume_a']:.6g} vs {c['hypervolume_b']:.6g}; "
               f"{c['a_dominated_by_b']} of {c['n_a']} {c['a']} points dominated by {c['b']}, "
               f"{c['b_dominated_by_a']} of {c['n_b']} {c['b']} points dominated by {c['a']}")
     if refs:
-        print("\nreference points: " + ", ".join(f"{r['label']} ({r['bpw']:.3f} bpw, kld {r['kld']:.5f})"
-                                                  for r in refs))
+        print("\nreference points: " + ", ".join(
+            f"{r['label']} ({r['bpw']:.3f} bpw, " + ", ".join(f"{o} {_cell(r.get(OBJECTIVES[o][0]))}"
+                                                              for o in objectives if o not in ("size", "bpw")) + ")"
+            for r in refs))
     for path in args.plot or []:
         print(f"plot: {path}")
     return 0
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.5g}"
+    return str(v)
+
+
+def _within_size(rows: list[dict], args) -> list[dict]:
+    """Rows within --max-bpw / --max-gb (a front of qualities at a size budget)."""
+    out = rows
+    if args.max_bpw is not None:
+        out = [r for r in out if r.get("bpw") is not None and r["bpw"] <= args.max_bpw]
+    if args.max_gb is not None:
+        out = [r for r in out if r.get("size_bytes") is not None and r["size_bytes"] <= args.max_gb * 1e9]
+    return out
 
 
 # ---- export and report -------------------------------------------------------------------------------------------
@@ -509,6 +553,46 @@ def cmd_report(args) -> int:
     path = write_report(args.store, args.study, args.out)
     print(json.dumps({"report": str(path)}) if args.json else f"wrote {path}")
     return 0
+
+
+# ---- verify ------------------------------------------------------------------------------------------------------
+
+
+def cmd_verify(args) -> int:
+    from ._llama import llama_cpp  # noqa: F401  (before numpy)
+    from .verify import VerifyOptions, verify
+
+    opts = VerifyOptions(
+        store_dir=args.store, study=args.study, source=args.source, front=not args.trial,
+        trials=tuple(args.trial or ()), metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
+        limit=args.limit, reference=args.reference, imatrix=args.imatrix, mc=tuple(args.mc),
+        cache_dir=args.cache_dir, n_gpu_layers=args.n_gpu_layers, max_new_tokens=args.max_new_tokens)
+
+    def progress(row):
+        if not args.json:
+            print(f"  verified {row['trial_id']} ({row['bpw']:.3f} bpw): " + _verified_line(row), flush=True)
+
+    rows = verify(opts, progress)
+    keep = ("trial_id", "label", "bpw", "size_bytes", "kld", "ppl", "humaneval", "humaneval_se", "humaneval_n",
+            "humaneval_delta", "humaneval_delta_se", "humaneval_mcnemar_p", "humaneval_loops", "mc_acc", "mc_acc_se")
+    if args.json:
+        _print_json({"study": args.study, "reference": args.reference or args.source,
+                     "rows": [{k: r.get(k) for k in keep} for r in rows]})
+        return 0
+    print(f"\nstudy {args.study}: {len(rows)} trials verified against {args.reference or args.source}; values "
+          f"stored with their rows in {args.store}")
+    return 0
+
+
+def _verified_line(r: dict) -> str:
+    parts = []
+    if r.get("humaneval") is not None:
+        parts.append(f"HumanEval pass@1 {100 * r['humaneval']:.1f}% of {r['humaneval_n']}, vs reference "
+                     f"{100 * r['humaneval_delta']:+.1f} +/- {100 * r['humaneval_delta_se']:.1f} points "
+                     f"(McNemar p {r['humaneval_mcnemar_p']:.3g}), loops {100 * r['humaneval_loops']:.0f}%")
+    if r.get("mc_acc") is not None:
+        parts.append(f"MC {100 * r['mc_acc']:.1f}% +/- {100 * r['mc_acc_se']:.1f}%")
+    return "; ".join(parts)
 
 
 # ---- surgery -----------------------------------------------------------------------------------------------------
@@ -729,6 +813,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-logits", metavar="FILE",
                    help="a llama-perplexity --kl-divergence-base file as the KLD reference (its tokens, context and "
                         "chunks are used; --text is ignored)")
+    p.add_argument("--code-text", help="code corpus for kld_code / ppl_code (default: HumanEval's prompts and "
+                                        "canonical solutions)")
     p.add_argument("--top-k", type=_positive, default=128, help="reference tokens kept per position for KLD (128)")
     p.add_argument("--tail-samples", type=_non_negative, default=128,
                    help="reference tokens sampled from the rest of the vocabulary per position (128; 0: the older "
@@ -780,9 +866,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pareto", help="Pareto fronts of studies in a store, hypervolume, comparisons, plots")
     p.add_argument("--store", required=True)
     p.add_argument("--study", action="append", help="studies to include (repeatable; default: all)")
-    p.add_argument("--x", choices=["size", "bpw"], default="size")
-    p.add_argument("--y", action="append", choices=["kld", "ppl", "humaneval"],
-                   help="quality objective(s) (repeatable: two give a 3-objective front; default kld)")
+    metrics = ["size", "bpw", "kld", "kld_p999", "same_top", "ppl", "kld_code", "ppl_code", "humaneval", "mc",
+               "speed", "gen_speed"]  # pareto.OBJECTIVES, listed here so --help stays instant
+    p.add_argument("--x", choices=metrics, default="size", help="metric on the x axis (size)")
+    p.add_argument("--y", action="append", choices=metrics,
+                   help="metric(s) on the y axis (repeatable: two give a 3-objective front; default kld); each "
+                        "metric has its own better direction")
+    p.add_argument("--colour", choices=metrics, help="colour the markers by this metric (default: bpw when neither "
+                                                     "axis is a size)")
+    p.add_argument("--max-bpw", type=_number(0.0, 64.0, low_open=True), help="only trials at most this many bpw")
+    p.add_argument("--max-gb", type=_number(0.0, 1e6, low_open=True), help="only trials at most this many GB")
     p.add_argument("--by", choices=["study", "strategy"], default="study", help="one front per study or strategy")
     p.add_argument("--plot", action="append", help="write a plot: FILE.png (matplotlib) or FILE.html (plotly)")
     p.add_argument("--include-references", action="store_true", help="let presets/fixed maps join the fronts")
@@ -803,6 +896,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="tensor cache to reuse")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("verify", help="score a study's front (or named trials) with HumanEval / multiple choice, "
+                                      "paired against the reference model; values stored with the rows")
+    p.add_argument("--store", required=True)
+    p.add_argument("--study", required=True)
+    p.add_argument("--front", action="store_true", help="the members of the study's (size, KLD) front (the default)")
+    p.add_argument("--trial", action="append", help="a trial id or label instead of the front (repeatable)")
+    p.add_argument("--source", required=True, help="the source the study ran on (each map is built from it)")
+    p.add_argument("--metrics", default="humaneval", help="comma-separated: humaneval,mc (humaneval)")
+    p.add_argument("--limit", type=_positive, help="HumanEval problems (a deterministic spread; default all 164)")
+    p.add_argument("--reference", help="the model compared with on the same problems (default: the source)")
+    p.add_argument("--imatrix", help="the imatrix the study used")
+    p.add_argument("--mc", action="append", default=[], help="multiple-choice JSONL file (repeatable)")
+    p.add_argument("--max-new-tokens", type=_positive, default=384, help="HumanEval: tokens per completion (384)")
+    p.add_argument("--n-gpu-layers", type=int, default=None, help="layers on the GPU (default: all if visible)")
+    p.add_argument("--cache-dir", help="tensor cache to reuse")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("report", help="one HTML page: front, maps, ablation sensitivities, budget")
     p.add_argument("--store", required=True)

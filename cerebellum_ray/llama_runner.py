@@ -142,6 +142,13 @@ class LlamaRunner:
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.gpu_layers = gpu_layers
 
+    @property
+    def device(self) -> str:
+        """What runs this model: a GPU's name when layers are offloaded, else "CPU: ..." (stored with every trial)."""
+        from ._ggml import device_name
+
+        return device_name(self.gpu_layers != 0)
+
     # ---- text ----------------------------------------------------------------------------------------------------
 
     def tokenize(self, text: str | bytes, add_bos: bool = True, parse_special: bool = False) -> np.ndarray:

@@ -46,13 +46,21 @@ __all__ = [
     "rows_for_fronts",
 ]
 
-# name -> (row column, direction, axis label, display unit). Data: directions, labels and units derive from it.
+# name -> (row column, direction, axis label, display unit). Data: directions, labels and units derive from it. Every
+# metric the store holds that a front can be drawn on, objectives of a space or not.
 OBJECTIVES: dict[str, tuple[str, str, str, str]] = {
     "size": ("size_bytes", "min", "file size", "GB"),
     "bpw": ("bpw", "min", "bits per weight", "bpw"),
     "kld": ("kld", "min", "mean KL divergence vs reference", "nats"),
+    "kld_p999": ("kld_p999", "min", "99.9th percentile KL divergence", "nats"),
+    "same_top": ("same_top", "max", "same top token as the reference", "%"),
     "ppl": ("ppl", "min", "perplexity", ""),
+    "kld_code": ("kld_code", "min", "mean KL divergence on code", "nats"),
+    "ppl_code": ("ppl_code", "min", "perplexity on code", ""),
     "humaneval": ("humaneval", "max", "HumanEval pass@1", "%"),
+    "mc": ("mc_acc", "max", "multiple-choice accuracy", "%"),
+    "speed": ("pp_tokens_per_s", "max", "prompt processing speed", "tokens/s"),
+    "gen_speed": ("gen_tokens_per_s", "max", "generation speed", "tokens/s"),
 }
 
 # display unit -> factor from the stored value (bytes, fraction) to the displayed one. Units not listed: 1.

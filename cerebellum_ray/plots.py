@@ -162,13 +162,16 @@ def plot_png(
     title: str | None = None,
     size_inches: tuple[float, float] = (11.0, 7.0),
     dpi: int = 120,
+    colour: str | None = None,
 ) -> Path:
     """Draw fronts (and labelled reference rows such as llama.cpp presets) to a PNG with matplotlib (Agg).
 
     Two objectives: x = first, y = second; each front a coloured step line with its own marker, its dominated rows
     faint. Three: the same 2-D projection of the first two, the third as marker colour (colour bar); each front
-    keeps its marker and an edge in its colour. Objectives in `log_scale` get a log axis when all values shown
-    are positive. Written atomically; returns the path.
+    keeps its marker and an edge in its colour. `colour` (a metric of pareto.OBJECTIVES, e.g. "bpw") colours the
+    markers of a two-objective plot the same way without being an objective (size shown as colour on a PPL-vs-code
+    front). Objectives in `log_scale` get a log axis when all values shown are positive. Written atomically; returns
+    the path.
     """
     from matplotlib.figure import Figure  # Agg canvas, no pyplot state
     from matplotlib.lines import Line2D
@@ -176,7 +179,8 @@ def plot_png(
 
     objectives, refs, off_scale, shown = _plot_inputs(fronts, reference_rows, objectives, log_scale)
     x_name, y_name = objectives[0], objectives[1]
-    z_name = objectives[2] if len(objectives) == 3 else None
+    z_name = objectives[2] if len(objectives) == 3 else colour
+    two_d = len(objectives) == 2
     logs = _log_axes(objectives[:2], log_scale, shown)
 
     fig = Figure(figsize=size_inches, dpi=dpi, layout="constrained")
@@ -197,8 +201,9 @@ def plot_png(
         ax.scatter(dx, dy, s=14, marker=marker, color=colour, alpha=0.22, linewidths=0, zorder=1)
         ordered = [front.points[k] for k in _step_order(front, x_name, y_name)]
         x, y = _display(ordered, x_name), _display(ordered, y_name)
-        if z_name is None:
+        if two_d:
             ax.step(x, y, where="post", color=colour, linewidth=1.6, alpha=0.9, zorder=2)
+        if z_name is None:
             ax.scatter(x, y, s=40, marker=marker, color=colour, edgecolors="white", linewidths=0.6, zorder=3)
             handles.append(Line2D([], [], color=colour, marker=marker, markeredgecolor="white",
                                   label=_legend_name(front)))
@@ -276,23 +281,32 @@ def plot_html(
     objectives: Sequence[str] | None = None,
     log_scale: Collection[str] = ("kld",),
     title: str | None = None,
+    colour: str | None = None,
 ) -> Path:
     """Draw fronts and labelled reference rows to a self-contained HTML file (plotly.js inline, works offline).
 
-    Two objectives: step lines as in `plot_png`, with hover text naming each trial. Three: a 3-D scatter (front
-    points solid, dominated faint, reference points labelled). Written atomically; returns the path.
+    Two objectives: step lines as in `plot_png`, with hover text naming each trial; `colour` (a metric, e.g. "bpw")
+    colours their markers. Three: a 3-D scatter (front points solid, dominated faint, reference points labelled).
+    Written atomically; returns the path.
     """
     import plotly.graph_objects as go
 
     objectives, refs, off_scale, shown = _plot_inputs(fronts, reference_rows, objectives, log_scale)
     logs = _log_axes(objectives, log_scale, shown)
     three_d = len(objectives) == 3
+    metric_colour = colour if not three_d else None
+    c_range = {}
+    if metric_colour:
+        values = _display(shown, metric_colour)
+        values = values[~np.isnan(values)]
+        if values.size:
+            c_range = {"cmin": float(values.min()), "cmax": float(values.max())}
 
     def hover(rows: Sequence[Mapping]) -> list[str]:
         out = []
         for r in rows:
             parts = [f"<b>{r.get('label') or r.get('trial_id')}</b>", f"{r.get('study')} / {r.get('strategy')}"]
-            for o in objectives:
+            for o in (*objectives, *([metric_colour] if metric_colour and metric_colour not in objectives else [])):
                 v = _display([r], o)[0]
                 parts.append(f"{OBJECTIVES[o][2]}: {'n/a' if np.isnan(v) else f'{v:.5g}'} {OBJECTIVES[o][3]}")
             out.append("<br>".join(parts))
@@ -323,10 +337,15 @@ def plot_html(
                 showlegend=False, marker={"size": 6, "color": colour, "opacity": 0.2, "symbol": marker},
                 hovertext=hover(front.dominated), hoverinfo="text"))
             ordered = [front.points[k] for k in _step_order(front, objectives[0], objectives[1])]
+            fill = ({"color": _display(ordered, metric_colour), **c_range, "colorscale": "Viridis", "showscale": i == 0,
+                     "reversescale": OBJECTIVES[metric_colour][1] == "min",
+                     "colorbar": {"title": {"text": _axis_label(metric_colour, direction=False)}}}
+                    if metric_colour else {"color": colour})
             fig.add_trace(go.Scatter(
                 **coords(ordered), mode="lines+markers", line={"shape": "hv", "color": colour, "width": 2},
                 name=name, legendgroup=name,
-                marker={"size": 9, "color": colour, "symbol": marker, "line": {"color": "white", "width": 1}},
+                marker={"size": 9, **fill, "symbol": marker, "line": {"color": colour if metric_colour else "white",
+                                                                        "width": 1.5 if metric_colour else 1}},
                 hovertext=hover(ordered), hoverinfo="text"))
     annotations = []
     if refs:

@@ -26,7 +26,7 @@ REGEX_TIMEOUT_S = 1.0
 
 SIZE_PATTERN = r"^\s*[0-9]+(\.[0-9]*)?\s*([KMGT]i?B|[KMGT]|B)?\s*$"
 PRESETS_NOTE = "a llama.cpp preset name such as Q4_K_M, Q3_K_M, Q8_0"
-OBJECTIVE_NAMES = ("kld", "ppl", "size", "bpw", "humaneval", "mc")
+OBJECTIVE_NAMES = ("kld", "ppl", "kld_code", "ppl_code", "size", "bpw", "humaneval", "mc", "speed")
 
 _string = {"type": "string"}
 _positive_int = {"type": "integer", "minimum": 1}
@@ -127,6 +127,9 @@ SPACE_SCHEMA: dict[str, Any] = {
                                     "description": "0 (off) or the number of HumanEval problems, at most 164"},
                 "mc": {"type": ["array", "null"], "items": _string,
                        "description": "multiple-choice JSONL files"},
+                "code": {"type": "boolean", "description": "true or false: score the code corpus too"},
+                "code_text": {"type": ["string", "null"],
+                              "description": "a code file for kld_code/ppl_code (null: HumanEval's code)"},
             },
             "additionalProperties": False,
         },

@@ -73,8 +73,7 @@ def eval_text(space: SearchSpace) -> str:
 def prepare(opts: SearchOptions, work_dir: Path | None = None) -> TrialContext:
     """Validate the space against the model and compute the reference once (nothing runs if anything is wrong)."""
     from .digests import file_digest
-    from .reference import default_reference_dir, load_reference, save_reference
-    from .score import EvalSpec, compute_reference
+    from .reference import default_reference_dir
 
     catalog = load_catalog(opts.source)
     space = load_space(opts.space_file, catalog)
@@ -92,22 +91,20 @@ def prepare(opts: SearchOptions, work_dir: Path | None = None) -> TrialContext:
     from .tasks import load_choice_items
 
     mc_items = tuple(item for path in ev.mc for item in load_choice_items(path))  # read here, shipped to workers
-    spec = EvalSpec(text, n_ctx=ev.ctx, n_chunks=ev.chunks, top_k=ev.top_k, tail_samples=ev.tail_samples)
     # KLD is always recorded (the reference pass runs once per study and is cached across studies)
     ref_model = opts.reference or opts.source
     digest = file_digest(ref_model, default_reference_dir() / "digests")
-    key = hashlib.sha256(json.dumps([digest, hashlib.sha256(text.encode()).hexdigest(), ev.ctx, ev.chunks,
-                                     ev.top_k, ev.tail_samples]).encode()).hexdigest()
-    cached = default_reference_dir() / f"search-{key}"
-    if (cached / "meta.json").exists():
-        reference = load_reference(cached)
-    else:
-        reference = compute_reference(ref_model, spec, model_digest=digest)
-        save_reference(reference, cached)
-    reference = _materialize(reference)
+    reference = _study_reference(ref_model, digest, text, ev)
+    code_text = code_reference = None
+    if getattr(ev, "code", False):
+        from .corpus import default_code_text
+
+        code_text = Path(ev.code_text).read_text(encoding="utf-8") if ev.code_text else default_code_text()
+        code_reference = _study_reference(ref_model, digest, code_text, ev)
     eval_hash = hashlib.sha256(json.dumps([hashlib.sha256(text.encode()).hexdigest(), ev.ctx, ev.chunks, ev.top_k,
-                                           ev.humaneval_limit, _mc_key(mc_items),
-                                           reference.key.digest]).encode()).hexdigest()
+                                           ev.humaneval_limit, _mc_key(mc_items), reference.key.digest]
+                                          + ([code_reference.key.digest] if code_reference else [])
+                                          ).encode()).hexdigest()
     return TrialContext(
         study=opts.study, source=str(Path(opts.source).resolve()), space=space, eval_text=text, eval_hash=eval_hash,
         reference=reference, imatrix_path=str(Path(opts.imatrix).resolve()) if opts.imatrix else None,
@@ -116,8 +113,26 @@ def prepare(opts: SearchOptions, work_dir: Path | None = None) -> TrialContext:
         # trials slow each other down by an order of magnitude
         n_threads=max(1, int(opts.cpus_per_trial)),
         store_dir=str(Path(opts.store_dir).resolve()),
-        mc_items=mc_items,
+        mc_items=mc_items, code_text=code_text, code_reference=code_reference,
     )
+
+
+def _study_reference(ref_model: str, digest: str, text: str, ev):
+    """The reference distributions of `text` under the space's evaluation, computed once and cached across
+    studies (keyed by the model's digest, the text's, context, chunks, K and S), materialized for Ray."""
+    from .reference import default_reference_dir, load_reference, save_reference
+    from .score import EvalSpec, compute_reference
+
+    spec = EvalSpec(text, n_ctx=ev.ctx, n_chunks=ev.chunks, top_k=ev.top_k, tail_samples=ev.tail_samples)
+    key = hashlib.sha256(json.dumps([digest, hashlib.sha256(text.encode()).hexdigest(), ev.ctx, ev.chunks,
+                                     ev.top_k, ev.tail_samples]).encode()).hexdigest()
+    cached = default_reference_dir() / f"search-{key}"
+    if (cached / "meta.json").exists():
+        reference = load_reference(cached)
+    else:
+        reference = compute_reference(ref_model, spec, model_digest=digest)
+        save_reference(reference, cached)
+    return _materialize(reference)
 
 
 def _mc_key(items) -> list[str]:

@@ -24,7 +24,9 @@ from .ggml_types import TYPES, ggml_type
 from .precision_map import MapSpec, PrecisionMap, Rule, resolve
 from .units import SizeError, parse_size
 
-OBJECTIVE_DIRECTIONS = {"kld": "min", "ppl": "min", "size": "min", "bpw": "min", "humaneval": "max", "mc": "max"}
+OBJECTIVE_DIRECTIONS = {"kld": "min", "ppl": "min", "kld_code": "min", "ppl_code": "min", "size": "min", "bpw": "min",
+                        "humaneval": "max", "mc": "max", "speed": "max"}
+CODE_OBJECTIVES = ("kld_code", "ppl_code")
 
 class SpaceError(CerebellumError):
     """An invalid search space; the message names the dimension, the tensor and the rule."""
@@ -50,6 +52,8 @@ class Evaluation:
     tail_samples: int = 128  # reference tokens sampled from the rest of the vocabulary (KLD estimate, logprobs.py)
     humaneval_limit: int = 0  # 0: HumanEval not scored
     mc: tuple[str, ...] = ()
+    code: bool = False  # score the code corpus too (kld_code, ppl_code); on when an objective needs it
+    code_text: str | None = None  # path; None: the built-in code corpus (corpus.default_code_text)
 
 
 @dataclass(frozen=True)
@@ -279,6 +283,8 @@ def space_from_data(data: Any, catalog: ModelCatalog, source_file: str = "<space
         tail_samples=int(ev.get("tail_samples", 128)),
         humaneval_limit=int(ev.get("humaneval_limit", 0)),
         mc=tuple(_beside(source_file, p, "evaluation.mc") for p in ev.get("mc", ()) or ()),
+        code=bool(ev.get("code", False)) or bool(ev.get("code_text")) or bool(set(CODE_OBJECTIVES) & set(objectives)),
+        code_text=_beside(source_file, ev["code_text"], "evaluation.code_text") if ev.get("code_text") else None,
     )
     if "humaneval" in objectives and not evaluation.humaneval_limit:
         raise SpaceError(f"{source_file}: objective humaneval needs evaluation.humaneval_limit > 0")

@@ -111,6 +111,20 @@ class HumanEvalScore:
     generate_seconds: float
     check_seconds: float
     completions: tuple[tuple[str, str], ...]  # (task_id, completion)
+    outcomes: tuple[tuple[str, bool], ...] = ()  # (task_id, passed), for paired comparisons on the same problems
+    loop_share: float = 0.0  # completions that ran to the token limit repeating themselves (see looping)
+
+
+def looping(tokens: Sequence[int], max_period: int = 32, repeats: int = 3) -> bool:
+    """True when a completion ends in a repetition loop: its last `repeats` x p tokens repeat one p-token pattern,
+    for some period p <= max_period (the reported failure of low-bit quantizations: "the the the ...", or a line
+    written over and over)."""
+    t = list(tokens)
+    for p in range(1, max_period + 1):
+        n = repeats * p
+        if len(t) >= n and all(t[-n + i] == t[-n + i + p] for i in range(n - p)):
+            return True
+    return False
 
 
 def chat_prompt(model_path: str | Path, problem_prompt: str) -> str:
@@ -142,5 +156,7 @@ def score_humaneval(runner: LlamaRunner, model_path: str | Path, limit: int | No
     t2 = time.perf_counter()
     passed = sum(r.passed for r in results)
     n = len(results)
+    loops = sum(g.stopped_by == "length" and looping(g.tokens) for g in gens)
     return HumanEvalScore(n, passed, passed / n, _binomial_se(passed / n, n), sum(g.n_tokens for g in gens), t1 - t0,
-                          t2 - t1, tuple((c["task_id"], c["completion"]) for c in completions))
+                          t2 - t1, tuple((c["task_id"], c["completion"]) for c in completions),
+                          tuple((r.task_id, r.passed) for r in results), loops / n)

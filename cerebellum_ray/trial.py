@@ -23,7 +23,7 @@ from .catalog import ModelCatalog, load_catalog
 from .llama_runner import LlamaRunner, RunnerConfig
 from .precision_map import PrecisionMap
 from .reference import Reference
-from .score import EvalSpec, ScoreRecord, score_stream
+from .score import EvalSpec, ScoreRecord, score, score_stream
 from .space import SearchSpace
 from .tensor_cache import TensorCache
 
@@ -51,6 +51,8 @@ class TrialContext:
     keep_files: bool = False
     store_dir: str | None = None  # when workers can see it: a restarted trial already stored is not run again
     mc_items: tuple = ()  # the multiple-choice items of evaluation.mc, read by the driver (workers need no files)
+    code_text: str | None = None  # the code corpus, when the space scores code (kld_code, ppl_code)
+    code_reference: Reference | None = None
 
 
 @functools.lru_cache(maxsize=4)
@@ -75,6 +77,7 @@ def _metrics(rec: ScoreRecord, size: int, bpw: float, final: bool) -> dict[str, 
     m = {
         "size": size / 1e9, "size_bytes": size, "bpw": bpw, "ppl": rec.ppl, "ppl_se": rec.ppl_se,
         "chunks_done": rec.chunks_done, "n_chunks": rec.n_chunks, "final": final,
+        "pp_tokens_per_s": rec.tokens_per_second, "speed": rec.tokens_per_second,
     }
     if rec.kld is not None:
         m.update(kld=rec.kld, kld_se=rec.kld_se, kld_median=rec.kld_median, kld_p90=rec.kld_p90, kld_p99=rec.kld_p99,
@@ -135,7 +138,7 @@ def evaluate_map(ctx: TrialContext, pmap: PrecisionMap, report: Callable[[dict],
                     tail_samples=getattr(ev, "tail_samples", 0))
     # every objective is in every report (Tune checks); those scored after the text (HumanEval, MC) are None until
     # the final report
-    pending = {o: None for o in ctx.space.objectives if o in TASK_OBJECTIVES}
+    pending = {o: None for o in ctx.space.objectives if o in LATE_OBJECTIVES}
     base = {**pending, "map_hash": pmap.digest, "build_s": t1 - t0, "node": _node_name(),
             "gpu_ids": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "cached": report_.count("cached"),
             "quantized": report_.count("quantized")}
@@ -144,6 +147,7 @@ def evaluate_map(ctx: TrialContext, pmap: PrecisionMap, report: Callable[[dict],
                                                n_threads=ctx.n_threads))
         t2 = time.perf_counter()
         base["load_s"] = t2 - t1
+        base["device"] = runner.device
         final: dict[str, Any] = {}
         try:
             for rec in score_stream(out, spec, ctx.reference, runner=runner):
@@ -151,6 +155,7 @@ def evaluate_map(ctx: TrialContext, pmap: PrecisionMap, report: Callable[[dict],
                          "score_s": time.perf_counter() - t2}
                 if not rec.done:
                     report(final)
+            final.update(_code_metrics(ctx, out, runner))
         finally:
             runner.close()
         final.update(_task_metrics(ctx, out))
@@ -163,7 +168,21 @@ def evaluate_map(ctx: TrialContext, pmap: PrecisionMap, report: Callable[[dict],
             out.unlink(missing_ok=True)
 
 
-TASK_OBJECTIVES = ("humaneval", "mc")  # scored once per trial, after the text metrics
+LATE_OBJECTIVES = ("kld_code", "ppl_code", "humaneval", "mc")  # scored once per trial, after the text metrics
+
+
+def _code_metrics(ctx: TrialContext, model: Path, runner: LlamaRunner) -> dict[str, Any]:
+    """KLD and perplexity on the code corpus (the same context and chunk count as the text), when the space asks."""
+    code_text = getattr(ctx, "code_text", None)
+    if not code_text:
+        return {}
+    ev = ctx.space.evaluation
+    rec = score(model, EvalSpec(code_text, n_ctx=ev.ctx, n_chunks=ev.chunks), getattr(ctx, "code_reference", None),
+                runner=runner)
+    out = {"ppl_code": rec.ppl, "ppl_code_se": rec.ppl_se}
+    if rec.kld is not None:
+        out.update(kld_code=rec.kld, kld_code_se=rec.kld_se, same_top_code=rec.same_top)
+    return out
 
 
 def _task_metrics(ctx: TrialContext, model: Path) -> dict[str, Any]:
@@ -177,7 +196,9 @@ def _task_metrics(ctx: TrialContext, model: Path) -> dict[str, Any]:
                                          n_threads=ctx.n_threads)) as runner:
         if ev.humaneval_limit:
             he = score_humaneval(runner, model, limit=ev.humaneval_limit)
-            out.update(humaneval=he.pass_at_1, humaneval_se=he.pass_at_1_se)
+            out.update(humaneval=he.pass_at_1, humaneval_se=he.pass_at_1_se, humaneval_n=he.n_problems,
+                       humaneval_loops=he.loop_share,
+                       gen_tokens_per_s=he.generated_tokens / max(he.generate_seconds, 1e-9))
         if ev.mc:
             items = getattr(ctx, "mc_items", ()) or [it for f in ev.mc for it in load_choice_items(f)]
             mc = score_choices(runner, items)

@@ -239,7 +239,7 @@ def test_compute_fronts_accepts_arrow_tables():
 def test_compute_fronts_errors():
     rows = [make_row("a", "a0", 0.2, 0.1)]
     with pytest.raises(ValueError, match="unknown objectives"):
-        compute_fronts(rows, ["size", "speed"])
+        compute_fronts(rows, ["size", "joy"])
     with pytest.raises(ValueError, match="two distinct"):
         compute_fronts(rows, ["size", "size"])
     with pytest.raises(ValueError, match="group_by"):
@@ -369,3 +369,34 @@ def test_reference_labels_at_the_same_spot_are_spread_apart():
     boxes = [label.get_window_extent() for label in labels]
     assert not any(boxes[i].overlaps(boxes[j]) for i in range(3) for j in range(i + 1, 3))
     assert labels[0].get_position() == (7, 6)  # the first keeps the default spot
+
+
+def test_fronts_of_any_two_metrics_from_the_cli(tmp_path, capsys):
+    """`pareto --x ppl --y humaneval`: lower PPL and higher pass@1 are both better; bpw colours the plot; --max-bpw
+    filters; every metric of the table can be an axis."""
+    import json
+
+    from cerebellum_ray import store
+    from cerebellum_ray.cli import build_parser, main
+
+    rows = [("a", 10.0, 0.30, 4.0), ("b", 9.0, 0.20, 5.0), ("c", 11.0, 0.35, 3.0), ("d", 12.0, 0.25, 6.0),
+            ("e", 9.5, 0.32, 7.0)]
+    for tid, ppl, he, bpw in rows:
+        store.append(tmp_path / "s", {"study": "x", "trial_id": tid, "strategy": "optuna", "status": "complete",
+                                      "ppl": ppl, "humaneval": he, "bpw": bpw, "size_bytes": int(bpw * 1e8),
+                                      "kld": 0.1})
+    png, html = tmp_path / "f.png", tmp_path / "f.html"
+    assert main(["pareto", "--store", str(tmp_path / "s"), "--x", "ppl", "--y", "humaneval", "--plot", str(png),
+                 "--plot", str(html), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["colour"] == "bpw" and png.stat().st_size > 0 and html.stat().st_size > 0
+    points = {p["trial_id"] for p in out["fronts"][0]["points"]}
+    dominated = {t for t, ppl, he, _ in rows
+                 if any(p2 <= ppl and h2 >= he and (p2, h2) != (ppl, he) for _, p2, h2, _ in rows)}
+    assert points == {t for t, *_ in rows} - dominated == {"b", "c", "e"}
+    assert main(["pareto", "--store", str(tmp_path / "s"), "--x", "ppl", "--y", "humaneval", "--max-bpw", "5",
+                 "--json"]) == 0
+    assert {p["trial_id"] for p in json.loads(capsys.readouterr().out)["fronts"][0]["points"]} == {"a", "b", "c"}
+    choices = next(a for a in build_parser()._subparsers._group_actions[0].choices["pareto"]._actions
+                   if a.dest == "x").choices
+    assert list(choices) == list(OBJECTIVES)
