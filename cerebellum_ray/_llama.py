@@ -6,4 +6,13 @@ from __future__ import annotations
 
 import llama_cpp
 
-__all__ = ["llama_cpp"]
+
+def chat_formatter(template: str, bos_token: str, eos_token: str, add_generation_prompt: bool = True):
+    """llama-cpp-python's sandboxed Jinja2 renderer of a GGUF chat template (call it with messages=[...])."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    return Jinja2ChatFormatter(template=template, eos_token=eos_token, bos_token=bos_token,
+                               add_generation_prompt=add_generation_prompt)
+
+
+__all__ = ["chat_formatter", "llama_cpp"]

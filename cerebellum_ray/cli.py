@@ -290,7 +290,13 @@ def cmd_score(args) -> int:
             metrics.append("kld")
         llama_ref = llama_reference(args.reference_logits, args.top_k, args.tail_samples)
         args.ctx, args.chunks = llama_ref.key.n_ctx, llama_ref.key.n_chunks  # the file's own evaluation
-    spec = EvalSpec(text=text, n_ctx=args.ctx, n_chunks=args.chunks, top_k=args.top_k, tail_samples=args.tail_samples)
+    chat = None
+    if args.chat_text:
+        from .chat import load_conversations
+
+        chat = load_conversations(args.chat_text)
+    spec = EvalSpec(text=text, n_ctx=args.ctx, n_chunks=args.chunks, top_k=args.top_k, tail_samples=args.tail_samples,
+                    chat=chat)
     config = RunnerConfig(n_ctx=args.ctx, n_gpu_layers=args.n_gpu_layers)
     if "ppl" in metrics or "kld" in metrics:
         reference = llama_ref
@@ -805,6 +811,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score a model: perplexity, KL divergence, HumanEval pass@1, multiple choice")
     p.add_argument("--model", required=True)
     p.add_argument("--text", help="evaluation text (default: the built-in English corpus of stdlib docstrings)")
+    p.add_argument("--chat-text", metavar="FILE",
+                   help="evaluate on conversations instead: a JSONL of {\"messages\": [...]} rendered with the "
+                        "model's chat template, assistant tokens scored; 'builtin' for the shipped corpus")
     p.add_argument("--ctx", type=_context_size, default=512, help="context size for perplexity/KLD (even; 512)")
     p.add_argument("--chunks", type=_positive, default=None, help="at most this many chunks (default: all)")
     p.add_argument("--metrics", default="ppl", help="comma-separated: " + ",".join(METRICS) + " (ppl)")

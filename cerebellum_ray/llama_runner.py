@@ -136,7 +136,7 @@ class LlamaRunner:
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, config.n_seq)
         self._bind_batch_views()
-        self._pieces: dict[int, bytes] = {}
+        self._pieces: dict[tuple[int, bool], bytes] = {}
         self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
         self.eos = int(llama_cpp.llama_vocab_eos(self.vocab))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
@@ -160,13 +160,14 @@ class LlamaRunner:
             raise LlamaError(f"tokenization needs {-n} tokens, more than the {n_max} allowed")
         return np.ctypeslib.as_array(buf)[:n].astype(np.int32)
 
-    def piece(self, token: int) -> bytes:
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token; `special`: control tokens (BOS, turn markers) as their text, not empty."""
         token = int(token)
-        cached = self._pieces.get(token)
+        cached = self._pieces.get((token, special))
         if cached is None:
             buf = ctypes.create_string_buffer(256)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)  # lstrip 0, special off
-            cached = self._pieces[token] = buf.raw[: max(n, 0)]
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)  # lstrip 0
+            cached = self._pieces[token, special] = buf.raw[: max(n, 0)]
         return cached
 
     def detokenize(self, tokens) -> str:

@@ -127,6 +127,8 @@ SPACE_SCHEMA: dict[str, Any] = {
                                     "description": "0 (off) or the number of HumanEval problems, at most 164"},
                 "mc": {"type": ["array", "null"], "items": _string,
                        "description": "multiple-choice JSONL files"},
+                "chat_text": {"type": ["string", "null"],
+                              "description": "a JSONL file of {messages: [...]} conversations, or 'builtin'"},
                 "code": {"type": "boolean", "description": "true or false: score the code corpus too"},
                 "code_text": {"type": ["string", "null"],
                               "description": "a code file for kld_code/ppl_code (null: HumanEval's code)"},

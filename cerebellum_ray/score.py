@@ -45,6 +45,7 @@ class EvalSpec:
     n_chunks: int | None = None
     top_k: int = DEFAULT_TOP_K
     tail_samples: int = DEFAULT_TAIL_SAMPLES
+    chat: tuple | None = None  # conversations (chat.Conversation): then they are the evaluation, not `text`
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,86 @@ def chunk_logits(runner: LlamaRunner, tokens: np.ndarray, chunk_ids: list[int], 
     return [np.array(lg) for _, lg in iter_chunk_logits(runner, tokens, chunk_ids, n_ctx)]
 
 
+def iter_chat_logits(runner: LlamaRunner, seqs, ids: list[int]):
+    """Evaluate conversations (one sequence each, from position 0); yield (conversation id, logits at the positions
+    that predict its assistant tokens, those tokens). The logits are a view of llama.cpp's buffer: use them before
+    asking for the next."""
+    runner.clear()
+    toks, pos, seq, want, targets = [], [], [], [], []
+    for s, i in enumerate(ids):
+        sq = seqs[i]
+        n = len(sq.tokens)
+        toks.append(sq.tokens)
+        pos.append(np.arange(n, dtype=np.int32))
+        seq.append(np.full(n, s, dtype=np.int32))
+        w = np.zeros(n, dtype=bool)
+        w[:-1] = sq.scored[1:]  # the logits at t predict token t + 1
+        want.append(w)
+        targets.append(sq.tokens[1:][sq.scored[1:]].astype(np.int64))
+    logits = runner.decode(*(np.concatenate(x) for x in (toks, pos, seq, want)))
+    start = 0
+    for i, t in zip(ids, targets):
+        yield i, logits[start : start + len(t)], t
+        start += len(t)
+
+
+@dataclass
+class _Units:
+    """What an evaluation scores, unit by unit, each from an empty context: chunks of a text (llama-perplexity's
+    protocol) or whole conversations (assistant tokens only)."""
+
+    digest: str  # of the evaluated tokens (and, for conversations, of which are scored)
+    rows: list[int]  # scored positions per unit
+    lengths: list[int]  # tokens evaluated per unit
+    logits: object  # callable: unit ids -> iterator of (unit, logits rows, target tokens)
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.rows)])
+
+
+def _text_units(runner: LlamaRunner, spec: EvalSpec, tokens: np.ndarray, n_chunks: int) -> _Units:
+    per_chunk = spec.n_ctx - 1 - spec.n_ctx // 2
+
+    def logits(ids):
+        for c, lg in iter_chunk_logits(runner, tokens, ids, spec.n_ctx):
+            yield c, lg, _targets(tokens, c, spec.n_ctx)
+
+    return _Units(tokens_digest(tokens), [per_chunk] * n_chunks, [spec.n_ctx] * n_chunks, logits)
+
+
+def _chat_units(runner: LlamaRunner, model_path, spec: EvalSpec) -> _Units:
+    import hashlib
+
+    from .catalog import load_catalog
+    from .chat import chat_sequences
+
+    template = load_catalog(model_path).kv.get("tokenizer.chat_template")
+    seqs = chat_sequences(runner, template, spec.chat, spec.n_ctx, str(model_path))
+    seqs = seqs[: spec.n_chunks] if spec.n_chunks else seqs
+    h = hashlib.sha256(b"chat")
+    for sq in seqs:
+        h.update(np.ascontiguousarray(sq.tokens, dtype=np.int32).tobytes() + np.packbits(sq.scored).tobytes())
+    return _Units(h.hexdigest(), [sq.n_scored for sq in seqs], [len(sq.tokens) for sq in seqs],
+                  lambda ids: iter_chat_logits(runner, seqs, ids))
+
+
+def _units(runner: LlamaRunner, model_path, spec: EvalSpec, reference: Reference | None) -> _Units:
+    if spec.chat:
+        return _chat_units(runner, model_path, spec)
+    if reference is not None and reference.tokens is not None:  # a llama-perplexity file: its tokens
+        if reference.key.n_ctx != spec.n_ctx or (reference.n_vocab and reference.n_vocab != runner.n_vocab):
+            raise ScoreError(f"the reference {reference.model_path} was made with context {reference.key.n_ctx} "
+                             f"and {reference.n_vocab} vocabulary entries; this run has context {spec.n_ctx} and "
+                             f"a model of {runner.n_vocab}: use --ctx {reference.key.n_ctx} and the same tokenizer")
+        return _text_units(runner, spec, np.asarray(reference.tokens), reference.key.n_chunks)
+    tokens = runner.tokenize(spec.text, add_bos=True)
+    return _text_units(runner, spec, tokens, plan_chunks(tokens, spec.n_ctx, spec.n_chunks))
+
+
 def _targets(tokens: np.ndarray, chunk: int, n_ctx: int) -> np.ndarray:
     first = n_ctx // 2
     return tokens[chunk * n_ctx + first + 1 : (chunk + 1) * n_ctx].astype(np.int64)
@@ -188,32 +269,21 @@ def score_stream(model_path: str | os.PathLike, spec: EvalSpec, reference: Refer
     if own:
         runner = LlamaRunner(model_path, config or RunnerConfig(n_ctx=spec.n_ctx))
     try:
-        if reference is not None and reference.tokens is not None:  # a llama-perplexity file: its tokens
-            tokens, n_chunks = np.asarray(reference.tokens), reference.key.n_chunks
-            if reference.key.n_ctx != spec.n_ctx or (reference.n_vocab and reference.n_vocab != runner.n_vocab):
-                raise ScoreError(f"the reference {reference.model_path} was made with context {reference.key.n_ctx} "
-                                 f"and {reference.n_vocab} vocabulary entries; this run has context {spec.n_ctx} and "
-                                 f"a model of {runner.n_vocab}: use --ctx {reference.key.n_ctx} and the same "
-                                 "tokenizer")
-        else:
-            tokens = runner.tokenize(spec.text, add_bos=True)
-            n_chunks = plan_chunks(tokens, spec.n_ctx, spec.n_chunks)
+        units = _units(runner, model_path, spec, reference)
         if reference is not None:
-            reference.check(ReferenceKey("", tokens_digest(tokens), spec.n_ctx, n_chunks, reference.key.top_k,
+            reference.check(ReferenceKey("", units.digest, spec.n_ctx, units.n, reference.key.top_k,
                                          reference.key.tail_samples))
-        per_chunk = spec.n_ctx - 1 - spec.n_ctx // 2
+        offsets = units.offsets()
         n_seq = runner.config.n_seq
         nll_parts, cmp_parts = [], []
         started = time.perf_counter()
-        for g in range(0, n_chunks, n_seq):
-            ids = list(range(g, min(n_chunks, g + n_seq)))
-            for c, logits in iter_chunk_logits(runner, tokens, ids, spec.n_ctx):
-                targets = _targets(tokens, c, spec.n_ctx)
+        for g in range(0, units.n, n_seq):
+            ids = list(range(g, min(units.n, g + n_seq)))
+            for u, logits, targets in units.logits(ids):
                 if reference is None:
                     nll_parts.append(-target_logprobs(logits, targets))
                     continue
-                cmp = compare_to_reference(logits, reference.topk.rows(slice(c * per_chunk, (c + 1) * per_chunk)),
-                                           targets)
+                cmp = compare_to_reference(logits, reference.topk.rows(slice(offsets[u], offsets[u + 1])), targets)
                 nll_parts.append(-cmp.target_logprob)
                 cmp_parts.append(cmp)
             done = ids[-1] + 1
@@ -221,8 +291,8 @@ def score_stream(model_path: str | os.PathLike, spec: EvalSpec, reference: Refer
             if cmp_parts:
                 merged = {f: np.concatenate([getattr(p, f) for p in cmp_parts])
                           for f in ("kld", "same_top", "delta_p")}
-            yield summarize(str(model_path), spec.n_ctx, done, n_chunks, np.concatenate(nll_parts), merged,
-                            reference, time.perf_counter() - started, done * spec.n_ctx)
+            yield summarize(str(model_path), spec.n_ctx, done, units.n, np.concatenate(nll_parts), merged,
+                            reference, time.perf_counter() - started, sum(units.lengths[:done]))
     finally:
         if own:
             runner.close()
@@ -239,18 +309,17 @@ def compute_reference(model_path: str | os.PathLike, spec: EvalSpec, config: Run
                       model_digest: str | None = None) -> Reference:
     """Run the reference model once over the evaluation and keep its top-K distributions."""
     with LlamaRunner(model_path, config or RunnerConfig(n_ctx=spec.n_ctx)) as runner:
-        tokens = runner.tokenize(spec.text, add_bos=True)
-        n_chunks = plan_chunks(tokens, spec.n_ctx, spec.n_chunks)
+        units = _units(runner, model_path, spec, None)
         parts, nll = [], []
-        for g in range(0, n_chunks, runner.config.n_seq):
-            ids = list(range(g, min(n_chunks, g + runner.config.n_seq)))
-            for c, logits in iter_chunk_logits(runner, tokens, ids, spec.n_ctx):
-                tk = top_k(logits, spec.top_k, _targets(tokens, c, spec.n_ctx), spec.tail_samples)
+        for g in range(0, units.n, runner.config.n_seq):
+            ids = list(range(g, min(units.n, g + runner.config.n_seq)))
+            for _, logits, targets in units.logits(ids):
+                tk = top_k(logits, spec.top_k, targets, spec.tail_samples)
                 parts.append(tk)
                 nll.append(-tk.target_logprob.astype(np.float64))
     topk = concat_topk(parts)
-    key = ReferenceKey(model_digest or file_digest(model_path), tokens_digest(tokens), spec.n_ctx, n_chunks,
-                       topk.k, topk.tail_samples)
+    key = ReferenceKey(model_digest or file_digest(model_path), units.digest, spec.n_ctx, units.n, topk.k,
+                       topk.tail_samples)
     return Reference(key, topk, str(model_path), float(math.exp(np.concatenate(nll).mean())))
 
 

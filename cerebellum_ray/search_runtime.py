@@ -94,7 +94,12 @@ def prepare(opts: SearchOptions, work_dir: Path | None = None) -> TrialContext:
     # KLD is always recorded (the reference pass runs once per study and is cached across studies)
     ref_model = opts.reference or opts.source
     digest = file_digest(ref_model, default_reference_dir() / "digests")
-    reference = _study_reference(ref_model, digest, text, ev)
+    chat = None
+    if getattr(ev, "chat_text", None):
+        from .chat import load_conversations
+
+        chat = load_conversations(ev.chat_text)
+    reference = _study_reference(ref_model, digest, text, ev, chat)
     code_text = code_reference = None
     if getattr(ev, "code", False):
         from .corpus import default_code_text
@@ -104,6 +109,7 @@ def prepare(opts: SearchOptions, work_dir: Path | None = None) -> TrialContext:
     eval_hash = hashlib.sha256(json.dumps([hashlib.sha256(text.encode()).hexdigest(), ev.ctx, ev.chunks, ev.top_k,
                                            ev.humaneval_limit, _mc_key(mc_items), reference.key.digest]
                                           + ([code_reference.key.digest] if code_reference else [])
+                                          + (["chat"] if chat else [])
                                           ).encode()).hexdigest()
     return TrialContext(
         study=opts.study, source=str(Path(opts.source).resolve()), space=space, eval_text=text, eval_hash=eval_hash,
@@ -113,19 +119,21 @@ def prepare(opts: SearchOptions, work_dir: Path | None = None) -> TrialContext:
         # trials slow each other down by an order of magnitude
         n_threads=max(1, int(opts.cpus_per_trial)),
         store_dir=str(Path(opts.store_dir).resolve()),
-        mc_items=mc_items, code_text=code_text, code_reference=code_reference,
+        mc_items=mc_items, code_text=code_text, code_reference=code_reference, chat=chat,
     )
 
 
-def _study_reference(ref_model: str, digest: str, text: str, ev):
+def _study_reference(ref_model: str, digest: str, text: str, ev, chat=None):
     """The reference distributions of `text` under the space's evaluation, computed once and cached across
     studies (keyed by the model's digest, the text's, context, chunks, K and S), materialized for Ray."""
     from .reference import default_reference_dir, load_reference, save_reference
     from .score import EvalSpec, compute_reference
 
-    spec = EvalSpec(text, n_ctx=ev.ctx, n_chunks=ev.chunks, top_k=ev.top_k, tail_samples=ev.tail_samples)
-    key = hashlib.sha256(json.dumps([digest, hashlib.sha256(text.encode()).hexdigest(), ev.ctx, ev.chunks,
-                                     ev.top_k, ev.tail_samples]).encode()).hexdigest()
+    spec = EvalSpec(text, n_ctx=ev.ctx, n_chunks=ev.chunks, top_k=ev.top_k, tail_samples=ev.tail_samples, chat=chat)
+    what = hashlib.sha256(text.encode()).hexdigest() if chat is None else hashlib.sha256(
+        json.dumps([[(m.role, m.content) for m in c.messages] for c in chat]).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([digest, what, ev.ctx, ev.chunks, ev.top_k, ev.tail_samples]
+                                    + (["chat"] if chat else [])).encode()).hexdigest()
     cached = default_reference_dir() / f"search-{key}"
     if (cached / "meta.json").exists():
         reference = load_reference(cached)

@@ -52,6 +52,7 @@ class Evaluation:
     tail_samples: int = 128  # reference tokens sampled from the rest of the vocabulary (KLD estimate, logprobs.py)
     humaneval_limit: int = 0  # 0: HumanEval not scored
     mc: tuple[str, ...] = ()
+    chat_text: str | None = None  # conversations (JSONL path, or "builtin") instead of `text` for KLD / PPL
     code: bool = False  # score the code corpus too (kld_code, ppl_code); on when an objective needs it
     code_text: str | None = None  # path; None: the built-in code corpus (corpus.default_code_text)
 
@@ -283,6 +284,8 @@ def space_from_data(data: Any, catalog: ModelCatalog, source_file: str = "<space
         tail_samples=int(ev.get("tail_samples", 128)),
         humaneval_limit=int(ev.get("humaneval_limit", 0)),
         mc=tuple(_beside(source_file, p, "evaluation.mc") for p in ev.get("mc", ()) or ()),
+        chat_text=(ev["chat_text"] if ev.get("chat_text") == "builtin" else
+                   _beside(source_file, ev["chat_text"], "evaluation.chat_text") if ev.get("chat_text") else None),
         code=bool(ev.get("code", False)) or bool(ev.get("code_text")) or bool(set(CODE_OBJECTIVES) & set(objectives)),
         code_text=_beside(source_file, ev["code_text"], "evaluation.code_text") if ev.get("code_text") else None,
     )

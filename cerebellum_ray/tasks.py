@@ -129,15 +129,14 @@ def looping(tokens: Sequence[int], max_period: int = 32, repeats: int = 3) -> bo
 
 def chat_prompt(model_path: str | Path, problem_prompt: str) -> str:
     """The problem wrapped in the model's own chat template (tokenizer.chat_template in the GGUF)."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
+    from ._llama import chat_formatter
     from .catalog import load_catalog
 
     kv = load_catalog(model_path).kv
     template = kv.get("tokenizer.chat_template")
     if not isinstance(template, str):
         raise TaskError(f"{model_path} has no chat template (tokenizer.chat_template); score HumanEval raw instead")
-    formatter = Jinja2ChatFormatter(template=template, eos_token="", bos_token="")
+    formatter = chat_formatter(template, bos_token="", eos_token="")
     message = ("Complete the following Python function. Reply with the code only.\n\n" + problem_prompt)
     return formatter(messages=[{"role": "user", "content": message}]).prompt + problem_prompt
 

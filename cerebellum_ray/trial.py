@@ -53,6 +53,7 @@ class TrialContext:
     mc_items: tuple = ()  # the multiple-choice items of evaluation.mc, read by the driver (workers need no files)
     code_text: str | None = None  # the code corpus, when the space scores code (kld_code, ppl_code)
     code_reference: Reference | None = None
+    chat: tuple | None = None  # conversations (evaluation.chat_text): the text evaluation is chat-formatted
 
 
 @functools.lru_cache(maxsize=4)
@@ -135,7 +136,7 @@ def evaluate_map(ctx: TrialContext, pmap: PrecisionMap, report: Callable[[dict],
     t1 = time.perf_counter()
     ev = ctx.space.evaluation
     spec = EvalSpec(ctx.eval_text, n_ctx=ev.ctx, n_chunks=ev.chunks, top_k=ev.top_k,
-                    tail_samples=getattr(ev, "tail_samples", 0))
+                    tail_samples=getattr(ev, "tail_samples", 0), chat=getattr(ctx, "chat", None))
     # every objective is in every report (Tune checks); those scored after the text (HumanEval, MC) are None until
     # the final report
     pending = {o: None for o in ctx.space.objectives if o in LATE_OBJECTIVES}

@@ -66,3 +66,34 @@ def demo_store(tiny_models, tmp_path):
             "map_hash": pmap.digest, "size_bytes": size, "bpw": 8 * size / cat.n_elements, "kld": kld,
             "kld_se": 0.001, "ppl": 10 + kld, "params": json.dumps({"base": preset}), "eval_hash": "e"})
     return str(store_dir), str(source)
+
+
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% set role = 'model' if m['role'] == 'assistant' else "
+                 "m['role'] %}<start_of_turn>{{ role }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(tiny_models, tiny_dir):
+    """A copy of the tiny llama model with a Gemma-style tokenizer.chat_template key."""
+    from pathlib import Path
+
+    from gguf import GGUFValueType
+
+    from cerebellum_ray import atomic, gguf_io
+    from cerebellum_ray.catalog import load_catalog
+    from cerebellum_ray.ggml_types import TYPES
+
+    cat = load_catalog(tiny_models["llama"])
+    kv = [e.raw for e in cat.kv_entries] + [gguf_io.encode_kv("tokenizer.chat_template", CHAT_TEMPLATE,
+                                                               GGUFValueType.STRING)]
+    slots = [gguf_io.TensorSlot(t.name, t.shape, TYPES[t.type].id, t.n_bytes) for t in cat.tensors]
+    layout = gguf_io.GGUFLayout.build(kv, slots, cat.alignment)
+    data = Path(tiny_models["llama"]).read_bytes()
+    out = tiny_dir / "chat-llama.gguf"
+    with atomic.atomic_output(out) as f:
+        f.write(layout.header)
+        for t, slot in zip(cat.tensors, slots):
+            f.write(data[t.data_offset:t.data_offset + t.n_bytes])
+            gguf_io.write_padding(f, slot.n_bytes, layout.alignment)
+    return out

@@ -110,30 +110,11 @@ def test_bad_multiple_choice_file_is_refused(tmp_path):
         load_choice_items(bad)
 
 
-def test_chat_prompt_uses_the_models_template(tiny_models, tmp_path):
+def test_chat_prompt_uses_the_models_template(tiny_chat_model):
     """A copy of the tiny model with a Gemma-style tokenizer.chat_template key: the prompt goes through it."""
-    from gguf import GGUFValueType
-
-    from cerebellum_ray import atomic, gguf_io
-    from cerebellum_ray.catalog import load_catalog
-    from cerebellum_ray.ggml_types import TYPES
     from cerebellum_ray.tasks import chat_prompt
 
-    template = ("{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n"
-                "{% endfor %}{{ '<start_of_turn>model\n' }}")
-    cat = load_catalog(tiny_models["llama"])
-    kv = [e.raw for e in cat.kv_entries] + [gguf_io.encode_kv("tokenizer.chat_template", template,
-                                                               GGUFValueType.STRING)]
-    slots = [gguf_io.TensorSlot(t.name, t.shape, TYPES[t.type].id, t.n_bytes)
-             for t in cat.tensors]
-    layout = gguf_io.GGUFLayout.build(kv, slots, cat.alignment)
-    data = Path(tiny_models["llama"]).read_bytes()
-    out = tmp_path / "chat.gguf"
-    with atomic.atomic_output(out) as f:
-        f.write(layout.header)
-        for t, slot in zip(cat.tensors, slots):
-            f.write(data[t.data_offset:t.data_offset + t.n_bytes])
-            gguf_io.write_padding(f, slot.n_bytes, layout.alignment)
+    out = tiny_chat_model
     prompt = chat_prompt(out, "def add(a, b):\n")
     assert prompt.startswith("<start_of_turn>user\nComplete the following Python function")
     assert "<start_of_turn>model\ndef add(a, b):\n" in prompt
