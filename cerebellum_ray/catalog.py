@@ -58,6 +58,32 @@ def tensor_layer(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def layer_ranges(layers) -> str:
+    """Sorted layer numbers as ranges: [0, 1, 2, 5, 7, 8] -> "0-2,5,7-8"."""
+    xs = sorted(set(layers))
+    out, i = [], 0
+    while i < len(xs):
+        j = i
+        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
+            j += 1
+        out.append(str(xs[i]) if i == j else f"{xs[i]}-{xs[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def compress_names(names) -> list[str]:
+    """Tensor names with the layer numbers of one pattern folded into ranges, in first-seen order:
+    blk.0.attn_q.weight, blk.1.attn_q.weight, blk.3.attn_q.weight -> "blk.0-1,3.attn_q.weight"."""
+    groups: dict[str, list[int]] = {}
+    for name in names:
+        m = _LAYER.match(name)
+        if m:
+            groups.setdefault("blk.{}." + name[m.end():], []).append(int(m.group(1)))
+        else:
+            groups.setdefault(name, [])
+    return [key.replace("{}", layer_ranges(layers)) if layers else key for key, layers in groups.items()]
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """One tensor of a GGUF file. `shape` is in ggml order: ne0 (the row length) first, experts last."""

@@ -183,9 +183,20 @@ def cmd_map(args) -> int:
     print(f"map on {cat.path} (base {pmap.base}): file {fsize} bytes ({_human(fsize)}), {bpw:.4f} bits per weight")
     for group, counts in by_group(cat, pmap).items():
         print(f"  {group:<17} " + ", ".join(f"{t} x{n}" for t, n in sorted(counts.items())))
-    for fb in pmap.fallbacks:
-        print(f"  fallback: {fb.tensor}: {fb.asked or 'preset'} -> {fb.got} ({fb.reason})")
+    _print_fallbacks(pmap.fallbacks, args.verbose, indent="  ")
     return 0
+
+
+def _print_fallbacks(fallbacks, verbose: bool, indent: str = "") -> None:
+    """llama.cpp's row-length fallbacks: one line per rule and reason (tensors as ranges), each tensor with -v."""
+    from .precision_map import fallback_summary
+
+    if verbose:
+        for fb in fallbacks:
+            print(f"{indent}fallback: {fb.tensor}: {fb.asked or 'preset'} -> {fb.got} ({fb.reason})")
+    else:
+        for line in fallback_summary(fallbacks):
+            print(f"{indent}fallback: {line}")
 
 
 # ---- build -------------------------------------------------------------------------------------------------------
@@ -225,8 +236,7 @@ def cmd_build(args) -> int:
     if args.json:
         _print_json(result)
         return 0
-    for fb in pmap.fallbacks:
-        print(f"fallback: {fb.tensor}: {fb.asked or 'preset'} -> {fb.got} ({fb.reason})")
+    _print_fallbacks(pmap.fallbacks, args.verbose)
     print(f"wrote {report.out}: {_human(report.file_size)}, {report.bits_per_weight:.4f} bits per weight, "
           f"{result['quantized']} quantized, {result['cached']} from cache, {result['copied']} copied, "
           f"{report.seconds:.2f} s")
@@ -743,19 +753,21 @@ def cmd_demo(args) -> int:
     print(f"2/2 Optuna search, {args.trials} trials (NSGA-II, 2 at a time) ...", flush=True)
     run_search(SearchOptions(strategy="optuna", trials=args.trials, **common))
     plot = work / f"{study}-pareto.png"
-    ns = argparse.Namespace(store=str(store_dir), study=[study], x="size", y=["kld"], by="study",
-                            plot=[str(plot), str(plot.with_suffix(".html"))], include_references=False, json=False)
-    cmd_pareto(ns)
+    cmd_pareto(build_parser().parse_args(["pareto", "--store", str(store_dir), "--study", study, "--plot", str(plot),
+                                          "--plot", str(plot.with_suffix(".html"))]))
     print(f"\nstore: {store_dir}\nnext: cerebellum-ray pareto --store {store_dir} --json")
     return 0
 
 
 def _bundled_space(name: str) -> Path:
-    for base in (Path(__file__).resolve().parent.parent / "search_spaces", Path.cwd() / "search_spaces"):
-        if (base / name).exists():
-            return base / name
-    raise FileNotFoundError(f"search space {name} not found: run the demo from a checkout of cerebellum-ray "
-                            "(pip install -e .)")
+    """A search space shipped with the package (package data: cerebellum_ray/search_spaces, the repository's
+    search_spaces/ folder), so the demo works from an installed wheel in any directory."""
+    from importlib import resources
+
+    path = Path(str(resources.files("cerebellum_ray").joinpath("search_spaces", name)))
+    if not path.is_file():
+        raise CerebellumError(f"search space {name} is not in the installed package ({path}): reinstall cerebellum-ray")
+    return path
 
 
 # ---- entry point -------------------------------------------------------------------------------------------------
@@ -780,6 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="the model the map applies to")
     _add_map_options(p)
     p.add_argument("--tensor-type-file", help="also write the map as llama-quantize --tensor-type-file lines")
+    p.add_argument("-v", "--verbose", action="store_true", help="every fallback, one line per tensor")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_map)
 
@@ -790,6 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="tensor cache directory (default $CEREBELLUM_CACHE or ~/.cache/cerebellum-ray)")
     p.add_argument("--cache-size", default="20G", help="cache size bound, least-recently-used eviction (20G)")
     p.add_argument("--no-cache", action="store_true", help="quantize everything, store nothing")
+    p.add_argument("-v", "--verbose", action="store_true", help="every fallback, one line per tensor")
     p.add_argument("--threads", type=_positive, default=None, help="quantizer threads (default: all cores)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_build)

@@ -21,7 +21,7 @@ from typing import Any
 from .errors import CerebellumError
 from . import store
 from .build import build
-from .catalog import load_catalog
+from .catalog import layer_ranges, load_catalog
 from .atomic import atomic_group, refuse_store_files
 from .precision_map import PrecisionMap, by_group, not_expressible, to_tensor_type_lines
 
@@ -139,18 +139,7 @@ def _group_table(catalog, pmap: PrecisionMap) -> list[dict[str, Any]]:
     out = []
     for (group, ty), ls in sorted(layers.items()):
         known = sorted(x for x in ls if x >= 0)
-        out.append({"group": group, "type": ty, "count": len(ls), "layers": _ranges(known) if known else ""})
+        out.append({"group": group, "type": ty, "count": len(ls), "layers": layer_ranges(known) if known else ""})
     counts = by_group(catalog, pmap)
     assert sum(sum(c.values()) for c in counts.values()) == len(catalog.tensors)
     return out
-
-
-def _ranges(xs: list[int]) -> str:
-    parts, start = [], None
-    for i, x in enumerate(xs):
-        if start is None:
-            start = x
-        if i + 1 == len(xs) or xs[i + 1] != x + 1:
-            parts.append(f"{start}" if start == x else f"{start}-{x}")
-            start = None
-    return ",".join(parts)

@@ -78,6 +78,17 @@ class Fallback:
     reason: str
 
 
+def fallback_summary(fallbacks) -> list[str]:
+    """One line per (asked type, got type, reason), the tensors compressed as layer ranges."""
+    from .catalog import compress_names
+
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for fb in fallbacks:
+        groups.setdefault((fb.asked or "preset", fb.got, fb.reason), []).append(fb.tensor)
+    return [f"{asked} -> {got} for {len(names)} tensor{'s' if len(names) > 1 else ''} ({reason}): "
+            + ", ".join(compress_names(names)) for (asked, got, reason), names in groups.items()]
+
+
 @dataclass(frozen=True)
 class PrecisionMap:
     """The resolved map: every tensor of the model (file order) with its ggml type, and what was decided."""

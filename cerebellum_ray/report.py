@@ -83,7 +83,7 @@ def _map_summary(m: dict[str, str] | None) -> str:
     """'attn_q: Q2_K x21 (layers 4-8,...), Q5_K x9' style summary by group (and layer ranges)."""
     if not m:
         return ""
-    from .catalog import tensor_group, tensor_layer
+    from .catalog import layer_ranges, tensor_group, tensor_layer
 
     groups: dict[str, dict[str, list[int]]] = {}
     for name, ty in m.items():
@@ -97,20 +97,9 @@ def _map_summary(m: dict[str, str] | None) -> str:
         desc = []
         for ty, layers in sorted(types.items(), key=lambda kv: -len(kv[1])):
             ls = sorted(x for x in layers if x >= 0)
-            desc.append(f"{ty} x{len(layers)}" + (f" (layers {_compact(ls)})" if ls and len(types) > 1 else ""))
+            desc.append(f"{ty} x{len(layers)}" + (f" (layers {layer_ranges(ls)})" if ls and len(types) > 1 else ""))
         parts.append(f"<b>{html.escape(g)}</b>: {html.escape(', '.join(desc))}")
     return "<br>".join(parts)
-
-
-def _compact(xs: list[int]) -> str:
-    out, i = [], 0
-    while i < len(xs):
-        j = i
-        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
-            j += 1
-        out.append(str(xs[i]) if i == j else f"{xs[i]}-{xs[j]}")
-        i = j + 1
-    return ",".join(out)
 
 
 def budget(rows: list[dict[str, Any]]) -> dict[str, Any]:

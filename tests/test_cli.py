@@ -76,3 +76,54 @@ def test_make_tiny_cli(tmp_path):
     rc, out, err = run("make-tiny", "--arch", "llama", tmp_path / "t.gguf", "--imatrix", tmp_path / "t.dat", "--json")
     assert rc == 0, err
     assert len(json.loads(out)["files"]) == 2 and (tmp_path / "t.dat").stat().st_size > 0
+
+
+def test_fallbacks_are_summarised_and_listed_with_v(tiny_models):
+    """The tiny gemma4's ffn_down rows (352) take no K-quant: Q4_K_M falls back on every layer. One line per rule
+    and reason by default, tensors as layer ranges; one line per tensor with -v."""
+    rc, out, _ = run("map", "--source", tiny_models["gemma4"], "--base", "Q4_K_M")
+    lines = [ln for ln in out.splitlines() if "fallback:" in ln]
+    assert rc == 0 and lines and len(lines) <= 4
+    assert any("blk.0-1,3-4.ffn_down.weight" in ln for ln in lines)  # layers 2 and 5 get Q6_K -> Q8_0
+    rc, out_v, _ = run("map", "--source", tiny_models["gemma4"], "--base", "Q4_K_M", "-v")
+    every = [ln for ln in out_v.splitlines() if "fallback:" in ln]
+    assert len(every) > len(lines) and sum("blk.3.ffn_down.weight" in ln for ln in every) == 1
+
+
+def test_compress_names():
+    from cerebellum_ray.catalog import compress_names, layer_ranges
+
+    assert layer_ranges([7, 0, 1, 2, 5, 8]) == "0-2,5,7-8"
+    assert compress_names(["blk.0.a.weight", "token_embd.weight", "blk.1.a.weight", "blk.3.a.weight",
+                           "blk.2.b.weight"]) == ["blk.0-1,3.a.weight", "token_embd.weight", "blk.2.b.weight"]
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_runs_the_demo_from_any_directory(tmp_path):
+    """`pip install` of the built wheel (not the checkout): the bundled spaces are package data, so `demo` works
+    from an unrelated directory."""
+    import os
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(root)],
+                   check=True, capture_output=True, timeout=600)
+    wheel = next(wheels.glob("cerebellum_ray-*.whl"))
+    assert "cerebellum_ray/search_spaces/tiny-gemma4.yaml" in zipfile.ZipFile(wheel).namelist()
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, timeout=600)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site), "RAY_USAGE_STATS_ENABLED": "0"}
+    where = subprocess.run([sys.executable, "-c", "import cerebellum_ray; print(cerebellum_ray.__file__)"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(site))
+    proc = subprocess.run([sys.executable, "-m", "cerebellum_ray.cli", "demo", "--trials", "2", "--num-cpus", "2",
+                           "--workdir", str(elsewhere / "demo")], cwd=elsewhere, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert str(site) in proc.stdout and "points on the front" in proc.stdout
+    assert list((elsewhere / "demo" / "store").glob("*.parquet"))
