@@ -72,3 +72,36 @@ def test_requantize_matches_llama_quantize(tiny_models, tmp_path, arch):
     types, oracle_bytes = _oracle(q8, tmp_path / "oracle.gguf", "Q4_K_M")
     build(q8, PrecisionMap(types, base="Q4_K_M"), tmp_path / "ours.gguf", n_threads=2)
     _assert_same_bytes(tmp_path / "ours.gguf", oracle_bytes)
+
+
+@pytest.fixture(scope="module")
+def wide_sources(tmp_path_factory):
+    """The tiny models with BF16 and F32 matrices (the real Gemma 4 checkpoints are BF16), made by make-tiny."""
+    from cerebellum_ray.tiny import make_tiny
+
+    d = tmp_path_factory.mktemp("wide")
+    return {(arch, dtype): make_tiny(arch, d / f"{arch}-{dtype}.gguf", dtype=dtype)
+            for arch in ("llama", "mixtral", "gemma4") for dtype in ("BF16", "F32")}
+
+
+@pytest.mark.parametrize("arch,dtype,preset", [
+    ("llama", "BF16", "Q4_K_M"), ("llama", "F32", "Q3_K_S"), ("mixtral", "BF16", "Q4_K_M"),
+    ("mixtral", "F32", "Q2_K"), ("gemma4", "BF16", "Q4_K_M"), ("gemma4", "F32", "Q8_0"),
+])
+def test_bf16_and_f32_sources_match_llama_quantize(wide_sources, tmp_path, arch, dtype, preset):
+    src = wide_sources[arch, dtype]
+    types, oracle_bytes = _oracle(src, tmp_path / "oracle.gguf", preset)
+    assert {t.tensor_type.name for t in GGUFReader(src).tensors if len(t.shape) > 1} >= {dtype}
+    build(src, PrecisionMap(types, base=preset), tmp_path / "ours.gguf", n_threads=2)
+    _assert_same_bytes(tmp_path / "ours.gguf", oracle_bytes)
+
+
+@pytest.mark.parametrize("arch,dtype,preset", [("llama", "BF16", "IQ2_XS"), ("mixtral", "BF16", "IQ3_XXS"),
+                                               ("gemma4", "F32", "Q4_K_M")])
+def test_bf16_and_f32_sources_with_imatrix_match_llama_quantize(wide_sources, tiny_imatrix, tmp_path, arch, dtype,
+                                                                preset):
+    src = wide_sources[arch, dtype]
+    imatrix = load_imatrix(tiny_imatrix[arch]["gguf"])  # the same tensor names and shapes as the F16 model's
+    types, oracle_bytes = _oracle(src, tmp_path / "oracle.gguf", preset, imatrix)
+    build(src, PrecisionMap(types, base=preset), tmp_path / "ours.gguf", imatrix=imatrix, n_threads=2)
+    _assert_same_bytes(tmp_path / "ours.gguf", oracle_bytes)
