@@ -199,13 +199,16 @@ def atomic_path(path: str | os.PathLike, *, inputs: Mapping[str, str | os.PathLi
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, **kwargs) -> Iterator[BinaryIO]:
-    """An open binary file that becomes `path` only if the block succeeds (see atomic_path)."""
+def atomic_output(path: str | os.PathLike, sync: bool = True, **kwargs) -> Iterator[BinaryIO]:
+    """An open binary file that becomes `path` only if the block succeeds (see atomic_path). `sync`: flush it to
+    disk before the rename (off for scratch files deleted after use, such as a trial's GGUF, and for entries that
+    are verified when read, such as the tensor cache's)."""
     with atomic_path(path, **kwargs) as tmp:
         with open(tmp, "wb") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, **kwargs) -> Path:

@@ -12,6 +12,7 @@ whole.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import time
@@ -20,20 +21,25 @@ from dataclasses import dataclass
 from collections.abc import Sequence
 
 import numpy as np
+import xxhash
 from gguf import GGUFValueType
 
 from . import QUANTIZER_VERSION, __version__, gguf_io
-from .atomic import atomic_output, check_destination, refuse_inputs
+from .atomic import atomic_path, check_destination, refuse_inputs
 from .catalog import ModelCatalog, TensorInfo, load_catalog
 from .digests import vector_digest
 from .errors import CerebellumError
 from .ggml_types import FILE_TYPES, ggml_type
 from .precision_map import PrecisionMap
 from .quantize import QuantizeError, QuantJob, check_job, quantize_tensor
-from .tensor_cache import TensorCache, copy_stream, entry_key
+from .tensor_cache import TensorCache, entry_key
 
 PROVENANCE_PREFIX = "cerebellum."
-_REPLACED_KEYS = ("general.quantization_version", "general.file_type")
+_REPLACED_KEYS = ("general.quantization_version", "general.file_type", "general.alignment")
+# Tensor data starts on page boundaries in built files (general.alignment = 4096, as GGUF allows): cached tensors
+# (tensor_cache.ENTRY_HEADER) can then be reflinked into an output by filesystems that share blocks. Costs under 4 KiB
+# of padding per tensor (0.2 % of Gemma 3 270M, 0.02 % of a 12 GB Gemma 4 26B build).
+OUTPUT_ALIGNMENT = 4096
 _GUESSED_FILE_TYPE = 1024  # LLAMA_FTYPE_GUESSED
 _DIGEST_PLACEHOLDER = "0" * 64
 
@@ -49,11 +55,13 @@ class Provenance:
     map_digest: str
     map_base: str
 
-    def kv_entries(self, file_type: int) -> list[bytes]:
+    def kv_entries(self, file_type: int, alignment: int = gguf_io.DEFAULT_ALIGNMENT) -> list[bytes]:
         enc = gguf_io.encode_kv
         return [
             enc("general.quantization_version", 2, GGUFValueType.UINT32),
             enc("general.file_type", file_type, GGUFValueType.UINT32),
+            *([enc("general.alignment", alignment, GGUFValueType.UINT32)]
+              if alignment != gguf_io.DEFAULT_ALIGNMENT else []),
             enc(PROVENANCE_PREFIX + "version", __version__, GGUFValueType.STRING),
             enc(PROVENANCE_PREFIX + "quantizer", QUANTIZER_VERSION, GGUFValueType.STRING),
             enc(PROVENANCE_PREFIX + "source_digest", self.source_digest, GGUFValueType.STRING),
@@ -169,7 +177,7 @@ def plan_build(source: str | os.PathLike, pmap: PrecisionMap, imatrix=None) -> _
         jobs=jobs,
         vectors=vectors,
         file_type=_file_type_for(pmap),
-        alignment=catalog.alignment,
+        alignment=max(catalog.alignment, OUTPUT_ALIGNMENT),
         source=str(source),
         imatrix_digest=imatrix.digest if imatrix is not None else "none",
     )
@@ -180,7 +188,8 @@ def _layout(plan: _Plan, provenance: Provenance) -> gguf_io.GGUFLayout:
         gguf_io.TensorSlot(t.name, t.shape, ggml_type(j.dst_type).id, t.bytes_as(j.dst_type))
         for t, j in zip(plan.catalog.tensors, plan.jobs)
     ]
-    return gguf_io.GGUFLayout.build(plan.kv_raw + provenance.kv_entries(plan.file_type), slots, plan.alignment)
+    return gguf_io.GGUFLayout.build(plan.kv_raw + provenance.kv_entries(plan.file_type, plan.alignment), slots,
+                                    plan.alignment)
 
 
 def predicted_file_size(source: str | os.PathLike, pmap: PrecisionMap, imatrix=None) -> int:
@@ -206,24 +215,25 @@ def pread(fd: int, offset: int, n: int) -> np.ndarray:
 
 
 def _tensor_digest(fd: int, t: TensorInfo) -> str:
-    h = hashlib.sha256()
+    h = xxhash.xxh3_128()  # tensor_cache.DIGEST_ALGORITHM
     step = 1 << 24
     for off in range(0, t.n_bytes, step):
         h.update(pread(fd, t.data_offset + off, min(step, t.n_bytes - off)))
     return h.hexdigest()
 
 
-def source_digests(fd: int, plan: _Plan, cache: TensorCache | None, n_threads: int) -> dict[str, str]:
-    """sha256 of every source tensor's bytes; remembered in the cache per source file state (digests.file_state:
+def source_digests(fds: Sequence[int], plan: _Plan, cache: TensorCache | None, n_threads: int) -> dict[str, str]:
+    """xxh3-128 of every source tensor's bytes; remembered in the cache per source file state (digests.file_state:
     a file rewritten in place is hashed again even when its modification time was restored)."""
     if cache is not None:
-        known = cache.source_digests(plan.source)
+        known = cache.source_digests(plan.catalog.parts)
         if known is not None and set(known) == set(plan.catalog.by_name):
             return known
     with ThreadPoolExecutor(max_workers=max(1, n_threads)) as pool:
-        digests = dict(zip(plan.catalog.by_name, pool.map(lambda t: _tensor_digest(fd, t), plan.catalog.tensors)))
+        digests = dict(zip(plan.catalog.by_name, pool.map(lambda t: _tensor_digest(fds[t.file], t),
+                                                          plan.catalog.tensors)))
     if cache is not None:
-        cache.remember_source_digests(plan.source, digests)
+        cache.remember_source_digests(plan.catalog.parts, digests)
     return digests
 
 
@@ -247,34 +257,46 @@ def build(
     cache: TensorCache | None = None,
     n_threads: int | None = None,
     inputs: dict[str, str | os.PathLike | None] | None = None,
+    sync: bool = True,
 ) -> BuildReport:
     """Write the quantized GGUF `out` for `pmap`; OUT appears complete or not at all, and is never the source (nor
-    any of `inputs`, {what: path}, e.g. the imatrix or map file)."""
+    any of `inputs`, {what: path}, e.g. the imatrix or map file). `sync=False` skips the flush to disk before the
+    rename (scratch outputs: a trial's GGUF lives only while it is scored)."""
     started = time.perf_counter()
     n_threads = n_threads or os.cpu_count() or 1
     inputs = {"source model": source, **(inputs or {})}
     check_destination(out)
     refuse_inputs(out, inputs)
     plan = plan_build(source, pmap, imatrix)
-    fd = os.open(source, os.O_RDONLY)
+    for part in plan.catalog.parts[1:]:
+        refuse_inputs(out, {"part of the source model": part})
+    fds = [os.open(part, os.O_RDONLY) for part in plan.catalog.parts]
     try:
-        digests = source_digests(fd, plan, cache, n_threads)
+        digests = source_digests(fds, plan, cache, n_threads)
         provenance = Provenance(_source_digest(plan.kv_raw, digests), plan.imatrix_digest, pmap.digest, pmap.base)
         layout = _layout(plan, provenance)
         actions = []
-        with atomic_output(out, inputs=inputs) as f:
-            f.write(layout.header)
-            for t, job, vec, slot in zip(plan.catalog.tensors, plan.jobs, plan.vectors, layout.slots):
-                t0 = time.perf_counter()
-                action = _write_tensor(f, fd, t, job, vec, digests[t.name], cache, n_threads)
-                gguf_io.write_padding(f, slot.n_bytes, layout.alignment)
-                actions.append(
-                    TensorAction(t.name, job.src_type, job.dst_type, action, slot.n_bytes, time.perf_counter() - t0)
-                )
-            if f.tell() != layout.file_size:
-                raise AssertionError(f"wrote {f.tell()} bytes, layout says {layout.file_size}")
+        with atomic_path(out, inputs=inputs) as tmp:
+            out_fd = os.open(tmp, os.O_WRONLY)
+            try:
+                os.ftruncate(out_fd, layout.file_size)  # padding is the file's holes: zeros, never written
+                _pwrite(out_fd, layout.header, 0)
+                for t, job, vec, slot, offset in zip(plan.catalog.tensors, plan.jobs, plan.vectors, layout.slots,
+                                                     layout.offsets):
+                    t0 = time.perf_counter()
+                    at = len(layout.header) + offset
+                    action = _write_tensor(out_fd, at, fds[t.file], t, job, vec, digests[t.name], cache, n_threads)
+                    actions.append(TensorAction(t.name, job.src_type, job.dst_type, action, slot.n_bytes,
+                                                time.perf_counter() - t0))
+                if os.fstat(out_fd).st_size != layout.file_size:
+                    raise AssertionError(f"wrote {os.fstat(out_fd).st_size} bytes, layout says {layout.file_size}")
+                if sync:
+                    os.fsync(out_fd)
+            finally:
+                os.close(out_fd)
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
     return BuildReport(
         out=str(out),
         file_size=layout.file_size,
@@ -286,11 +308,12 @@ def build(
     )
 
 
-def _write_tensor(f, fd, t: TensorInfo, job: QuantJob, vec, digest: str, cache, n_threads: int) -> str:
+def _write_tensor(out_fd: int, at: int, fd: int, t: TensorInfo, job: QuantJob, vec, digest: str, cache,
+                  n_threads: int) -> str:
+    """Put one tensor's data at offset `at` of the output: copied from the source or from the cache inside the kernel
+    (copy_range), or quantized here (and cached)."""
     if job.dst_type == job.src_type:
-        step = 1 << 24
-        for off in range(0, t.n_bytes, step):
-            f.write(pread(fd, t.data_offset + off, min(step, t.n_bytes - off)))
+        copy_range(fd, t.data_offset, out_fd, at, t.n_bytes)
         return "copied"
     key = entry_key(digest, t.shape, job.src_type, job.dst_type, vector_digest(vec))
     if cache is not None:
@@ -298,16 +321,43 @@ def _write_tensor(f, fd, t: TensorInfo, job: QuantJob, vec, digest: str, cache, 
         hit = cache.get(key, n_bytes, what=f"{t.name} as {job.dst_type}")
         if hit is not None:
             with hit:
-                n = copy_stream(hit.file, f, n_bytes)
-            if n != n_bytes:  # verified a moment ago: only a concurrent truncation can get here
-                raise BuildError(f"cache entry for {t.name} shrank while it was read ({n} of {n_bytes} bytes); "
-                                 "build again")
+                copy_range(hit.file.fileno(), hit.offset, out_fd, at, n_bytes)
             return "cached"
     row_bytes = ggml_type(job.src_type).row_bytes(t.n_per_row)
     data = quantize_tensor(
         job, lambda first, n: pread(fd, t.data_offset + first * row_bytes, n * row_bytes), vec, n_threads
     )
-    f.write(memoryview(data))
+    _pwrite(out_fd, memoryview(data).cast("B"), at)
     if cache is not None:
         cache.put(key, data)
     return "quantized"
+
+
+def _pwrite(fd: int, data, offset: int) -> None:
+    view = memoryview(data)
+    while view.nbytes:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+_COPY_FALLBACK = {errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
+
+
+def copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, n: int) -> None:
+    """Copy n bytes between files inside the kernel (os.copy_file_range: no trip through user space, and a reflink
+    on filesystems that share blocks, such as XFS and btrfs, when both ranges are block-aligned); falls back to
+    pread/pwrite where the kernel cannot."""
+    done = 0
+    try:
+        while done < n:
+            got = os.copy_file_range(src_fd, dst_fd, n - done, src_offset + done, dst_offset + done)
+            if got <= 0:
+                raise BuildError(f"unexpected end of file at offset {src_offset + done} while copying")
+            done += got
+        return
+    except OSError as exc:
+        if exc.errno not in _COPY_FALLBACK:
+            raise
+    step = 1 << 24
+    for off in range(done, n, step):
+        _pwrite(dst_fd, pread(src_fd, src_offset + off, min(step, n - off)), dst_offset + off)

@@ -94,7 +94,8 @@ class TensorInfo:
     shape: tuple[int, ...]
     type: str
     n_bytes: int
-    data_offset: int  # absolute offset of the data in the file
+    data_offset: int  # absolute offset of the data in its file
+    file: int = 0  # which file of a split model holds it (ModelCatalog.files)
 
     @property
     def n_elements(self) -> int:
@@ -139,7 +140,13 @@ class ModelCatalog:
     kv: Mapping[str, Any] = field(repr=False)  # key -> value (long arrays summarized as strings)
     kv_entries: tuple = field(default=(), repr=False)  # gguf_io.KVEntry in file order, raw bytes included
     alignment: int = gguf_io.DEFAULT_ALIGNMENT
-    file_size: int = 0
+    file_size: int = 0  # all files together
+    files: tuple[str, ...] = ()  # every file of the model, the first one first (one for an unsplit model)
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The model's files (one, or every part of a split model, in order)."""
+        return self.files or (self.path,)
 
     @cached_property
     def by_name(self) -> dict[str, TensorInfo]:
@@ -189,37 +196,39 @@ class ModelCatalog:
 
 
 def load_catalog(path: str | os.PathLike) -> ModelCatalog:
-    """Read a GGUF file's tensor table and metadata (no tensor data is read)."""
-    header = gguf_io.read_header(path)
+    """Read a GGUF model's tensor table and metadata (no tensor data is read). A model split by llama-gguf-split is
+    given by its first part; the others are found beside it and checked (gguf_io.split_parts), metadata comes from
+    the first, tensors from all, each remembering its file."""
+    parts = gguf_io.split_parts(gguf_io.read_header(path))
     tensors = []
-    for t in header.tensors:
-        if t.type_id not in TYPES_BY_ID:
-            raise gguf_io.GGUFError(f"{path}: tensor {t.name} has unknown ggml type id {t.type_id}")
-        ty = TYPES_BY_ID[t.type_id]
-        if t.shape[0] % ty.block_size:
-            raise gguf_io.GGUFError(
-                f"{path}: tensor {t.name}: row of {t.shape[0]} is not a multiple of {ty.name}'s block"
-            )
-        info = TensorInfo(
-            name=t.name,
-            group=tensor_group(t.name, len(t.shape)),
-            layer=tensor_layer(t.name),
-            shape=t.shape,
-            type=ty.name,
-            n_bytes=math.prod(t.shape[1:]) * ty.row_bytes(t.shape[0]),
-            data_offset=t.data_offset,
-        )
-        tensors.append(info)
-    gguf_io.check_layout(header, [t.n_bytes for t in tensors])
+    for index, header in enumerate(parts):
+        infos = [_tensor_info(header, t, index) for t in header.tensors]
+        gguf_io.check_layout(header, [t.n_bytes for t in infos])
+        tensors += infos
+    first = parts[0]
+    kv = tuple(e for e in first.kv if e.key not in gguf_io.SPLIT_KEYS)
     return ModelCatalog(
         path=str(Path(path)),
-        arch=str(next((e.value for e in header.kv if e.key == "general.architecture"), "unknown")),
+        arch=str(next((e.value for e in kv if e.key == "general.architecture"), "unknown")),
         tensors=tuple(tensors),
-        kv={e.key: e.value for e in header.kv},
-        kv_entries=header.kv,
-        alignment=header.alignment,
-        file_size=header.file_size,
+        kv={e.key: e.value for e in kv},
+        kv_entries=kv,
+        alignment=first.alignment,
+        file_size=sum(p.file_size for p in parts),
+        files=tuple(p.path for p in parts),
     )
+
+
+def _tensor_info(header: gguf_io.GGUFHeader, t: gguf_io.TensorEntry, file: int) -> TensorInfo:
+    if t.type_id not in TYPES_BY_ID:
+        raise gguf_io.GGUFError(f"{header.path}: tensor {t.name} has unknown ggml type id {t.type_id}")
+    ty = TYPES_BY_ID[t.type_id]
+    if t.shape[0] % ty.block_size:
+        raise gguf_io.GGUFError(f"{header.path}: tensor {t.name}: row of {t.shape[0]} is not a multiple of {ty.name}'s "
+                                "block")
+    return TensorInfo(name=t.name, group=tensor_group(t.name, len(t.shape)), layer=tensor_layer(t.name),
+                      shape=t.shape, type=ty.name, n_bytes=math.prod(t.shape[1:]) * ty.row_bytes(t.shape[0]),
+                      data_offset=t.data_offset, file=file)
 
 
 def catalog_as_dict(cat: ModelCatalog) -> dict[str, Any]:

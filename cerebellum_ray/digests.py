@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,25 +21,36 @@ import numpy as np
 _CHUNK = 1 << 24
 
 
-def file_state(path: str | os.PathLike) -> list:
-    """What a remembered digest of `path` is keyed by (see the module docstring)."""
-    st = os.stat(path)
-    return [os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+Paths = str | os.PathLike | Sequence[str | os.PathLike]  # one file, or the parts of a split model in order
 
 
-def file_state_key(path: str | os.PathLike) -> str:
-    return hashlib.sha256(json.dumps(file_state(path)).encode()).hexdigest()
+def _files(paths: Paths) -> list:
+    return [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
 
 
-def file_digest(path: str | os.PathLike, memo_dir: Path | None = None) -> str:
-    """sha256 of a file's bytes, remembered in `memo_dir` per file state."""
-    memo = Path(memo_dir) / f"{file_state_key(path)}.sha256" if memo_dir else None
+def file_state(paths: Paths) -> list:
+    """What a remembered digest of a file (or of the parts of a split model) is keyed by (see the docstring)."""
+    out = []
+    for path in _files(paths):
+        st = os.stat(path)
+        out.append([os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev])
+    return out[0] if isinstance(paths, (str, os.PathLike)) else out
+
+
+def file_state_key(paths: Paths) -> str:
+    return hashlib.sha256(json.dumps(file_state(paths)).encode()).hexdigest()
+
+
+def file_digest(paths: Paths, memo_dir: Path | None = None) -> str:
+    """sha256 of a file's bytes (of all parts, in order, for a split model), remembered in `memo_dir` per state."""
+    memo = Path(memo_dir) / f"{file_state_key(paths)}.sha256" if memo_dir else None
     if memo is not None and memo.exists():
         return memo.read_text().strip()
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
+    for path in _files(paths):
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(_CHUNK), b""):
+                h.update(chunk)
     digest = h.hexdigest()
     if memo is not None:
         from .atomic import write_text

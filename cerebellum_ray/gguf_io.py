@@ -10,7 +10,9 @@ computes both the header bytes and every tensor's offset from names, shapes and 
 from __future__ import annotations
 
 import os
+import re
 import struct
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +59,7 @@ class GGUFHeader:
 
 
 MAX_KV_ARRAY = 4096
+_U64 = struct.Struct("<Q")
 _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _SCALAR_CODES = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
@@ -94,6 +97,25 @@ class _Cursor:
             raise GGUFError(f"{self.path}: corrupt header: {what} claims a string of {n} bytes at offset {self.pos}")
         return bytes(self.need(n, what)).decode("utf-8", errors="replace")
 
+    def skip_strings(self, count: int, what: str) -> None:
+        """Move past `count` length-prefixed strings, refilling the buffer in large reads."""
+        pos, base, buf = self.pos, self.base, self.buf
+        for _ in range(count):
+            if pos + 8 > base + len(buf):
+                self.pos = pos
+                self.need(8, what)
+                self.pos -= 8
+                pos, base, buf = self.pos, self.base, self.buf
+            n = _U64.unpack_from(buf, pos - base)[0]
+            if n > 1 << 30:
+                raise GGUFError(f"{self.path}: corrupt header: {what} claims a string of {n} bytes at offset {pos}")
+            pos += 8 + n
+            if pos > base + len(buf):
+                self.pos = pos - n
+                self.need(n, what)
+                pos, base, buf = self.pos, self.base, self.buf
+        self.pos = pos
+
     def value(self, vtype: int, what: str) -> Any:
         if vtype == GGUFValueType.STRING:
             return self.string(what)
@@ -111,8 +133,10 @@ class _Cursor:
             if sub != GGUFValueType.STRING:  # llama.cpp's gguf reader refuses arrays of arrays too
                 raise GGUFError(f"{self.path}: corrupt header: {what} is an array of value type {sub} at offset "
                                 f"{self.pos}; llama.cpp reads only arrays of scalars or strings")
-            items = [self.string(what) for _ in range(count)]
-            return items if count <= MAX_KV_ARRAY else f"<array of {count} string>"
+            if count > MAX_KV_ARRAY:  # a vocabulary: walk over it without decoding 262k strings one by one
+                self.skip_strings(count, what)
+                return f"<array of {count} string>"
+            return [self.string(what) for _ in range(count)]
         raise GGUFError(f"{self.path}: corrupt header: {what} has unknown value type {vtype} at offset {self.pos}")
 
 
@@ -298,3 +322,68 @@ class GGUFLayout:
 
 def write_padding(f: BinaryIO, n_bytes: int, alignment: int) -> None:
     f.write(b"\0" * (_pad(n_bytes, alignment) - n_bytes))
+
+
+# ---- split models (llama.cpp's gguf-split) -------------------------------------------------------------------------
+
+SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS = "split.no", "split.count", "split.tensors.count"
+SPLIT_KEYS = (SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS)
+_SPLIT_NAME = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def split_path(prefix: str | os.PathLike, index: int, count: int) -> Path:
+    """llama.cpp's name of part `index` (0-based) of `count`: PREFIX-00001-of-00003.gguf (llama_split_path)."""
+    return Path(f"{prefix}-{index + 1:05d}-of-{count:05d}.gguf")
+
+
+def _kv(header: GGUFHeader, key: str):
+    return next((e for e in header.kv if e.key == key), None)
+
+
+def split_parts(header: GGUFHeader) -> tuple[GGUFHeader, ...]:
+    """All parts of the model whose first file's header this is (just it for a single-file model), found and
+    checked as llama.cpp's model loader finds and checks them: the first file is part 1, the others are named after
+    it, each says its own index, no tensor appears twice, and the tensor count adds up."""
+    count_kv = _kv(header, SPLIT_COUNT)
+    if count_kv is None or count_kv.value in (0, 1):
+        return (header,)
+    path = header.path
+    for key, vtype in ((SPLIT_NO, GGUFValueType.UINT16), (SPLIT_COUNT, GGUFValueType.UINT16),
+                       (SPLIT_TENSORS, GGUFValueType.INT32)):
+        e = _kv(header, key)
+        if e is None or e.vtype != vtype:
+            raise GGUFError(f"{path}: a split model's first file needs {key} of type {vtype.name}")
+    if _kv(header, SPLIT_NO).value != 0:
+        raise GGUFError(f"{path}: is part {_kv(header, SPLIT_NO).value + 1} of a split model; give its first part "
+                        "(...-00001-of-NNNNN.gguf)")
+    count = count_kv.value
+    m = _SPLIT_NAME.match(Path(path).name)
+    if not m or int(m.group("no")) != 1 or int(m.group("count")) != count:
+        raise GGUFError(f"{path}: a split model of {count} parts must be named PREFIX-00001-of-{count:05d}.gguf "
+                        "(as llama-gguf-split writes it)")
+    prefix = Path(path).parent / m.group("prefix")
+    parts = [header]
+    for i in range(1, count):
+        part_path = split_path(prefix, i, count)
+        if not part_path.is_file():
+            raise GGUFError(f"{path}: part {i + 1} of {count}, {part_path}, is missing")
+        part = read_header(part_path)
+        no = _kv(part, SPLIT_NO)
+        if no is None or no.value != i:
+            raise GGUFError(f"{part_path}: says it is part {None if no is None else no.value + 1}, expected {i + 1} "
+                            f"of {count}")
+        parts.append(part)
+    names = [t.name for p in parts for t in p.tensors]
+    if len(set(names)) != len(names):
+        dup = next(n for n, k in Counter(names).items() if k > 1)
+        raise GGUFError(f"{path}: tensor {dup!r} appears in two parts of the split model")
+    expected = _kv(header, SPLIT_TENSORS).value
+    if expected != len(names):
+        raise GGUFError(f"{path}: the split model should hold {expected} tensors, its {count} parts hold "
+                        f"{len(names)}: a part is from another split")
+    return tuple(parts)
+
+
+def model_files(path: str | os.PathLike) -> tuple[str, ...]:
+    """The files of a model: the path itself, or every part of a split model (given its first part)."""
+    return tuple(p.path for p in split_parts(read_header(path)))

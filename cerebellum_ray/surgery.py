@@ -176,13 +176,7 @@ def plan_surgery(model: str | os.PathLike, sets: Sequence[str | Rule], imatrix=N
     rules = rules_from_pairs(sets)
     if not rules:
         raise SurgeryError("nothing to do: give at least one --set TENSOR=TYPE")
-    catalog = load_catalog(model)
-    n_split = catalog.kv.get("split.count", 1)
-    if isinstance(n_split, int) and n_split > 1:
-        raise SurgeryError(
-            f"{model} is one of {n_split} split files; merge them first (llama-gguf-split --merge) and recast the "
-            "merged file"
-        )
+    catalog = load_catalog(model)  # a split model's parts are read together; the result is one merged file
     # The source's own types as the base, the --set rules over it: names, regexes, legality and 1-D tensors are
     # checked exactly as in precision maps (refusals name the tensor, the rule and the legal types).
     pmap = resolve(catalog, MapSpec(rules=rules))
@@ -309,10 +303,10 @@ def surgery(
 
     if dry_run or (not plan.jobs and _same_file(model, out)):
         return report(written=False)
-    fd = os.open(model, os.O_RDONLY)  # the input stays readable through this even after OUT == IN is replaced
+    fds = [os.open(p, os.O_RDONLY) for p in plan.catalog.parts]  # readable even after OUT == IN is replaced
     try:
         with atomic_path(out) as tmp:
-            _write(plan, fd, tmp, n_threads)
+            _write(plan, fds, tmp, n_threads)
             try:
                 seen = check_runs(tmp, n_gpu_layers=n_gpu_layers, n_threads=n_threads)
             except SurgeryError as exc:
@@ -320,11 +314,12 @@ def surgery(
                     f"the recast model failed its llama.cpp check, {out} was not written: {exc}"
                 ) from None
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
     return report(written=True, check=seen)
 
 
-def _write(plan: SurgeryPlan, fd: int, tmp: Path, n_threads: int | None) -> None:
+def _write(plan: SurgeryPlan, fds: list[int], tmp: Path, n_threads: int | None) -> None:
     from . import gguf_io
     from .build import pread  # pread per range into a numpy buffer: the builder's reader
     from .ggml_types import ggml_type
@@ -334,6 +329,7 @@ def _write(plan: SurgeryPlan, fd: int, tmp: Path, n_threads: int | None) -> None
     with open(tmp, "wb") as f:
         f.write(layout.header)
         for t, slot in zip(plan.catalog.tensors, layout.slots):
+            fd = fds[t.file]
             job = plan.jobs.get(t.name)
             if job is None:
                 f.writelines(
@@ -344,7 +340,7 @@ def _write(plan: SurgeryPlan, fd: int, tmp: Path, n_threads: int | None) -> None
                 row_bytes = ggml_type(job.src_type).row_bytes(t.n_per_row)
                 base = t.data_offset
 
-                def read_rows(first: int, n: int, base=base, row_bytes=row_bytes):
+                def read_rows(first: int, n: int, base=base, row_bytes=row_bytes, fd=fd):
                     return pread(fd, base + first * row_bytes, n * row_bytes)
 
                 data = quantize_tensor(job, read_rows, plan.vectors.get(t.name), n_threads)

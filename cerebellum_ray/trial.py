@@ -132,7 +132,7 @@ def evaluate_map(ctx: TrialContext, pmap: PrecisionMap, report: Callable[[dict],
     out = work / f"{ctx.study}-{pmap.digest[:16]}-{os.getpid()}.gguf"
     cache = TensorCache(ctx.cache_dir, size_limit=ctx.cache_size)
     t0 = time.perf_counter()
-    report_ = build(ctx.source, pmap, out, imatrix=imatrix, cache=cache, n_threads=ctx.n_threads)
+    report_ = build(ctx.source, pmap, out, imatrix=imatrix, cache=cache, n_threads=ctx.n_threads, sync=False)
     t1 = time.perf_counter()
     ev = ctx.space.evaluation
     spec = EvalSpec(ctx.eval_text, n_ctx=ev.ctx, n_chunks=ev.chunks, top_k=ev.top_k,
