@@ -223,12 +223,12 @@ def check_tensor_layout() -> None:
         )
 
 
-check_tensor_layout()
-
-
 @functools.lru_cache(maxsize=1)
 def check_op_enums() -> None:
-    """Refuse a ggml whose enum ggml_op puts MUL_MAT / MUL_MAT_ID elsewhere (ggml_op_name of the values we use)."""
+    """Before a callback reads graph tensors: refuse a platform whose struct ggml_tensor differs from the mirror, and
+    a ggml whose enum ggml_op puts MUL_MAT / MUL_MAT_ID elsewhere (ggml_op_name of the values we use). Not done at
+    import, so that quantizing still works where only the callback's struct would not."""
+    check_tensor_layout()
     lib = _lib()
     for value, name in ((GGML_OP_MUL_MAT, b"MUL_MAT"), (GGML_OP_MUL_MAT_ID, b"MUL_MAT_ID")):
         got = lib.ggml_op_name(value)
