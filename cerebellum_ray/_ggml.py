@@ -1,4 +1,5 @@
-"""The one ctypes boundary: ggml's quantizer and type helpers from the libggml-base that llama-cpp-python installs.
+"""The one ctypes boundary: ggml's quantizer and type helpers from the libggml-base that llama-cpp-python installs,
+and the ``struct ggml_tensor`` that llama.cpp's evaluation callback hands over.
 
 Nothing outside this module touches ctypes. The library is loaded lazily (on the first quantization), so light
 commands such as ``inspect`` never load it. ctypes releases the GIL during foreign calls, so the row-range thread
@@ -14,6 +15,8 @@ import threading
 from pathlib import Path
 
 import numpy as np
+
+from .errors import CerebellumError
 
 _init_lock = threading.Lock()
 _initialised: set[int] = set()
@@ -68,6 +71,13 @@ def _lib() -> ctypes.CDLL:
         "ggml_get_type_traits": (ctypes.POINTER(_TypeTraits), [ctypes.c_int]),
         "ggml_fp16_to_fp32_row": (None, [ctypes.c_void_p, f32p, ctypes.c_int64]),
         "ggml_bf16_to_fp32_row": (None, [ctypes.c_void_p, f32p, ctypes.c_int64]),
+        # graph tensors (the evaluation callback)
+        "ggml_op_name": (ctypes.c_char_p, [ctypes.c_int]),
+        "ggml_nbytes": (ctypes.c_size_t, [ctypes.c_void_p]),
+        "ggml_nrows": (ctypes.c_int64, [ctypes.c_void_p]),
+        "ggml_element_size": (ctypes.c_size_t, [ctypes.c_void_p]),
+        "ggml_backend_buffer_is_host": (ctypes.c_bool, [ctypes.c_void_p]),
+        "ggml_backend_tensor_get": (None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)
@@ -153,6 +163,118 @@ def to_float(type_id: int, src: np.ndarray, n_elements: int, out: np.ndarray) ->
         lib.ggml_bf16_to_fp32_row(src_ptr, out_ptr, n_elements)
     else:
         _to_float_fn(type_id)(src_ptr, out_ptr, n_elements)
+
+
+# ---- graph tensors, as llama.cpp's evaluation callback (cb_eval) hands them over ----------------------------------
+
+GGML_MAX_DIMS = 4
+GGML_MAX_SRC = 10
+GGML_MAX_OP_PARAMS = 64  # bytes
+GGML_MAX_NAME = 64
+GGML_TYPE_F32 = 0
+GGML_TYPE_I32 = 26
+# enum ggml_op at the llama.cpp commit llama-cpp-python 0.3.36 vendors (0c1e57098). The enum moves between versions
+# (ops were inserted before MUL_MAT), so both values are checked against ggml_op_name before a callback is trusted.
+GGML_OP_MUL_MAT = 29
+GGML_OP_MUL_MAT_ID = 30
+
+
+class GgmlAbiError(CerebellumError):
+    """The installed ggml does not have the struct layout or enum values this module was written for."""
+
+
+class GgmlTensor(ctypes.Structure):
+    """struct ggml_tensor (ggml/include/ggml.h), x86-64 / aarch64 LP64: 336 bytes (GGML_TENSOR_SIZE)."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),  # enum ggml_type
+        ("buffer", ctypes.c_void_p),  # struct ggml_backend_buffer *
+        ("ne", ctypes.c_int64 * GGML_MAX_DIMS),  # elements per dimension
+        ("nb", ctypes.c_size_t * GGML_MAX_DIMS),  # stride in bytes per dimension
+        ("op", ctypes.c_int),  # enum ggml_op
+        ("op_params", ctypes.c_int32 * (GGML_MAX_OP_PARAMS // 4)),
+        ("flags", ctypes.c_int32),
+        ("src", ctypes.c_void_p * GGML_MAX_SRC),  # struct ggml_tensor *
+        ("view_src", ctypes.c_void_p),
+        ("view_offs", ctypes.c_size_t),
+        ("data", ctypes.c_void_p),
+        ("name", ctypes.c_char * GGML_MAX_NAME),
+        ("extra", ctypes.c_void_p),
+        ("padding", ctypes.c_char * 8),
+    ]
+
+
+# offsetof / sizeof printed by a C probe compiled against the vendored ggml.h (x86-64 Linux)
+GGML_TENSOR_OFFSETS = {
+    "type": 0, "buffer": 8, "ne": 16, "nb": 48, "op": 80, "op_params": 84, "flags": 148, "src": 152, "view_src": 232,
+    "view_offs": 240, "data": 248, "name": 256, "extra": 320, "padding": 328,
+}
+GGML_TENSOR_SIZE = 336
+
+
+def check_tensor_layout() -> None:
+    """Refuse a platform on which the ctypes mirror of struct ggml_tensor does not match ggml's own layout."""
+    got = {name: getattr(GgmlTensor, name).offset for name in GGML_TENSOR_OFFSETS}
+    if got != GGML_TENSOR_OFFSETS or ctypes.sizeof(GgmlTensor) != GGML_TENSOR_SIZE:
+        raise GgmlAbiError(
+            f"struct ggml_tensor mirror has size {ctypes.sizeof(GgmlTensor)} and offsets {got}, ggml's is "
+            f"{GGML_TENSOR_SIZE} bytes with {GGML_TENSOR_OFFSETS}; this platform's ABI is not supported: compute the "
+            "imatrix with llama-imatrix instead"
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def check_op_enums() -> None:
+    """Before a callback reads graph tensors: refuse a platform whose struct ggml_tensor differs from the mirror, and
+    a ggml whose enum ggml_op puts MUL_MAT / MUL_MAT_ID elsewhere (ggml_op_name of the values we use). Not done at
+    import, so that quantizing still works where only the callback's struct would not."""
+    check_tensor_layout()
+    lib = _lib()
+    for value, name in ((GGML_OP_MUL_MAT, b"MUL_MAT"), (GGML_OP_MUL_MAT_ID, b"MUL_MAT_ID")):
+        got = lib.ggml_op_name(value)
+        if got != name:
+            raise GgmlAbiError(
+                f"ggml_op_name({value}) is {got!r}, expected {name!r}: the installed ggml's enum ggml_op differs from "
+                "the one this module was written for (llama-cpp-python 0.3.36); install llama-cpp-python==0.3.36"
+            )
+
+
+def tensor_at(address: int) -> GgmlTensor:
+    """The ggml tensor at `address` (no copy: valid while ggml keeps it, i.e. during the callback)."""
+    return GgmlTensor.from_address(address)
+
+
+def tensor_name(t: GgmlTensor) -> str:
+    return t.name.decode("utf-8", errors="replace")
+
+
+def tensor_nrows(t: GgmlTensor) -> int:
+    return int(t.ne[1]) * int(t.ne[2]) * int(t.ne[3])
+
+
+def element_size(t: GgmlTensor) -> int:
+    return int(_lib().ggml_element_size(ctypes.addressof(t)))
+
+
+def tensor_array(t: GgmlTensor, dtype, copy: bool = False) -> np.ndarray:
+    """The tensor's data as a numpy array of shape (ne3, ne2, ne1, ne0) with ggml's byte strides.
+
+    Host memory is viewed in place (valid only during the callback) unless `copy`; any other buffer (a GPU), and
+    host memory with `copy`, is copied with ggml_backend_tensor_get: ggml_nbytes raw bytes, strides kept, as
+    llama-imatrix copies it.
+    """
+    dtype = np.dtype(dtype)
+    lib = _lib()
+    addr = ctypes.addressof(t)
+    nbytes = int(lib.ggml_nbytes(addr))
+    shape = tuple(int(t.ne[i]) for i in reversed(range(GGML_MAX_DIMS)))
+    strides = tuple(int(t.nb[i]) for i in reversed(range(GGML_MAX_DIMS)))
+    if not copy and t.buffer and lib.ggml_backend_buffer_is_host(t.buffer) and t.data:
+        raw = np.frombuffer((ctypes.c_char * nbytes).from_address(t.data), dtype=np.uint8)
+    else:
+        raw = np.empty(nbytes, dtype=np.uint8)
+        lib.ggml_backend_tensor_get(addr, raw.ctypes.data, 0, nbytes)
+    return np.ndarray(shape, dtype=dtype, buffer=raw, strides=strides)
 
 
 # ---- llama.cpp's own whole-model quantizer (the oracle for tests and benchmarks) ----------------------------------

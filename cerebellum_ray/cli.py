@@ -243,6 +243,30 @@ def cmd_build(args) -> int:
     return 0
 
 
+# ---- imatrix -----------------------------------------------------------------------------------------------------
+
+
+def cmd_imatrix(args) -> int:
+    from ._llama import llama_cpp  # noqa: F401  (before numpy)
+    from .imatrix_collect import CollectSettings, compute_imatrix
+
+    # --chat-text FILE (calibration text rendered through the model's chat template) goes here: another person's
+    # work, not implemented. Render it to bytes and pass them as compute_imatrix(text=..., dataset=NAME) instead of
+    # text_file; keep it mutually exclusive with --text.
+    settings = CollectSettings(n_ctx=args.ctx, n_chunks=args.chunks, n_threads=args.threads,
+                               n_gpu_layers=args.n_gpu_layers)
+    report = compute_imatrix(args.model, args.out, text_file=args.text, settings=settings, fmt=args.format)
+    if args.json:
+        _print_json(report.as_dict())
+        return 0
+    text = report.datasets[0] if args.text else f"the built-in corpus ({report.datasets[0]})"
+    print(f"wrote {report.out} ({report.format}): {report.n_entries} matrices ({report.n_expert_entries} with "
+          f"per-expert counts), {report.n_chunks} chunks of {report.chunk_size} tokens from {text} "
+          f"({report.n_tokens} tokens; up to {report.n_seq} chunks per decode), chunk_count {report.chunk_count}, "
+          f"{report.seconds:.1f} s")
+    return 0
+
+
 # ---- tiny models -------------------------------------------------------------------------------------------------
 
 
@@ -807,6 +831,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive, default=None, help="quantizer threads (default: all cores)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser(
+        "imatrix", help="compute an importance matrix, byte for byte as llama-imatrix does (GGUF or legacy .dat)",
+        description="Evaluate a calibration text on the model and collect the squared inputs of every blk.* matrix "
+        "multiplication (per expert for MoE tensors), exactly as llama.cpp's llama-imatrix -f TEXT -c CTX "
+        "--chunks N does: same chunks, batches, float32 order and file bytes.")
+    p.add_argument("--model", required=True, help="the GGUF to evaluate (usually the full-precision source)")
+    p.add_argument("--text", help="calibration text file, read as llama-imatrix -f reads it (one trailing newline "
+                                  "dropped; recorded in the file under this name); default: the built-in corpus")
+    # --chat-text FILE: reserved (chat-rendered calibration text; see cmd_imatrix), not implemented yet
+    p.add_argument("--out", required=True, help="the imatrix file to write (atomically; never the model or the text)")
+    p.add_argument("--ctx", type=_positive, default=512, help="tokens per chunk, llama-imatrix's -c (512)")
+    p.add_argument("--chunks", type=_positive, default=None, help="at most this many chunks (default: all)")
+    p.add_argument("--format", choices=["gguf", "dat"], default="gguf",
+                   help="gguf (llama-imatrix's default) or dat (the legacy format)")
+    p.add_argument("--threads", type=_positive, default=None, help="llama.cpp threads (default: all cores)")
+    p.add_argument("--n-gpu-layers", type=int, default=None, help="layers on the GPU (default: all if visible)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_imatrix)
 
     p = sub.add_parser("make-tiny", help="write a tiny deterministic model (and imatrix) for tests and demos, or a "
                                          "random model with a real model's shapes for rehearsals")

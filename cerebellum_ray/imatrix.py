@@ -440,13 +440,15 @@ def write_collected_imatrix(
     datasets: Iterable[str] = (),
     chunk_count: int = 0,
     chunk_size: int = 0,
+    inputs: Mapping[str, str | os.PathLike | None] | None = None,
 ) -> Path:
     """Write raw collector statistics exactly as llama-imatrix's save_imatrix / save_imatrix_legacy do.
 
     `stats` maps a tensor name to (sums of squared activations, float32 [n_mat * ne0]; token counts, int [n_mat]).
     GGUF stores them as they are (entries sorted by name). The legacy format stores
     ``(sum / count) * ncall`` with ``ncall = ceil(max(counts) / chunk_size)``, 1 for a matrix never counted, skips
-    entries with no counts at all, and keeps only the last dataset name; it needs chunk_size >= 1.
+    entries with no counts at all, and keeps only the last dataset name; it needs chunk_size >= 1. `inputs`
+    ({what: path}, e.g. the model the statistics come from) are refused as `path`.
     """
     if fmt not in FORMATS:
         raise ImatrixError(f"unknown imatrix format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -461,7 +463,7 @@ def write_collected_imatrix(
     from .atomic import atomic_output
 
     path = Path(path)
-    with atomic_output(path) as f:
+    with atomic_output(path, inputs=inputs) as f:
         f.write(blob)
     return path
 

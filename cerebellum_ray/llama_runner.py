@@ -14,6 +14,7 @@ import collections
 import ctypes
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,11 +89,47 @@ def _check_config(config: RunnerConfig) -> None:
         raise LlamaError(f"n_batch must be a positive integer, got {config.n_batch!r}")
 
 
+class _EvalCallback:
+    """A Python function as llama.cpp's cb_eval. No exception may cross into C (ctypes would print it and return
+    False, which stops the graph half-computed with no error): the first one is kept, every later call answers
+    False at once, and `raise_error` raises it after llama_decode returns."""
+
+    def __init__(self, fn: Callable[[int, bool], bool]):
+        self.fn = fn
+        self.error: BaseException | None = None
+        self.c_func = llama_cpp.ggml_backend_sched_eval_callback(self._call)
+
+    def _call(self, tensor, ask, user_data):  # called from C, on the thread that called llama_decode
+        if self.error is not None:
+            return False
+        try:
+            return bool(self.fn(tensor, bool(ask)))
+        except BaseException as exc:  # noqa: BLE001 - SystemExit (SIGTERM) and KeyboardInterrupt too: all re-raised
+            self.error = exc
+            return False
+
+    def raise_error(self, n_tokens: int) -> None:
+        exc, self.error = self.error, None
+        if exc is None:
+            return
+        if isinstance(exc, CerebellumError) or not isinstance(exc, Exception):
+            raise exc  # already a one-line refusal, or an interruption
+        raise LlamaError(f"the evaluation callback failed during llama_decode of a batch of {n_tokens} tokens "
+                         f"({type(exc).__name__}: {exc}); the batch may not have been fully computed") from exc
+
+
 class LlamaRunner:
     """One model + one context. Not thread-safe: use one runner per thread/process."""
 
-    def __init__(self, model_path: str | os.PathLike, config: RunnerConfig = RunnerConfig()):
+    def __init__(self, model_path: str | os.PathLike, config: RunnerConfig = RunnerConfig(), *,
+                 eval_callback: Callable[[int, bool], bool] | None = None, swa_full: bool | None = None):
+        """`eval_callback(tensor_address, ask) -> bool` is installed as the context's cb_eval (ggml's scheduler
+        callback: with ask=True, answer whether you want graph node `tensor_address`; then it is called again with
+        ask=False once the node is computed; returning False there stops the graph). An exception inside it stops
+        the graph and is raised by `decode`. `swa_full` overrides llama.cpp's default (True) for sliding-window
+        caches (llama.cpp's command-line tools use False)."""
         self.model = self.ctx = self.batch = None  # what close() frees: set only once owned
+        self._eval_cb = None
         _check_config(config)
         quiet_llama_logs()
         llama_cpp.llama_backend_init()
@@ -127,6 +164,12 @@ class LlamaRunner:
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True
+        if swa_full is not None:
+            cparams.swa_full = swa_full
+        if eval_callback is not None:
+            self._eval_cb = _EvalCallback(eval_callback)  # referenced for the context's whole life
+            cparams.cb_eval = self._eval_cb.c_func
+            cparams.cb_eval_user_data = None
         ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not ctx:
             self.close()  # frees the model once (close() is idempotent: a later close or __del__ frees nothing)
@@ -140,6 +183,7 @@ class LlamaRunner:
         self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
         self.eos = int(llama_cpp.llama_vocab_eos(self.vocab))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.add_eos = bool(llama_cpp.llama_vocab_get_add_eos(self.vocab))
         self.gpu_layers = gpu_layers
 
     @property
@@ -205,6 +249,8 @@ class LlamaRunner:
         want = np.asarray(want_logits, dtype=bool)
         self._want[:n] = want
         rc = llama_cpp.llama_decode(self.ctx, self.batch)
+        if self._eval_cb is not None:
+            self._eval_cb.raise_error(n)
         if rc != 0:
             raise LlamaError(f"llama_decode failed with code {rc} (batch of {n} tokens){_llama_says()}")
         n_out = int(want.sum())
@@ -242,6 +288,7 @@ class LlamaRunner:
         if getattr(self, "model", None):
             llama_cpp.llama_model_free(self.model)
             self.model = None
+        self._eval_cb = None  # only now: the context that could call it is gone
 
     def __enter__(self) -> LlamaRunner:
         return self
