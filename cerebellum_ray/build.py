@@ -17,15 +17,16 @@ import hashlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import xxhash
 from gguf import GGUFValueType
 
 from . import QUANTIZER_VERSION, __version__, gguf_io
-from .atomic import atomic_path, check_destination, refuse_inputs
+from .atomic import atomic_group, atomic_path, check_destination, refuse_inputs
 from .catalog import ModelCatalog, TensorInfo, load_catalog
 from .digests import vector_digest
 from .errors import CerebellumError
@@ -36,10 +37,12 @@ from .tensor_cache import TensorCache, entry_key
 
 PROVENANCE_PREFIX = "cerebellum."
 _REPLACED_KEYS = ("general.quantization_version", "general.file_type", "general.alignment")
-# Tensor data starts on page boundaries in built files (general.alignment = 4096, as GGUF allows): cached tensors
-# (tensor_cache.ENTRY_HEADER) can then be reflinked into an output by filesystems that share blocks. Costs under 4 KiB
-# of padding per tensor (0.2 % of Gemma 3 270M, 0.02 % of a 12 GB Gemma 4 26B build).
-OUTPUT_ALIGNMENT = 4096
+# A trial's scratch build puts tensor data on page boundaries (general.alignment = 4096, as GGUF allows): cached
+# tensors (tensor_cache.ENTRY_HEADER) can then be reflinked into it by filesystems that share blocks. Costs under 4 KiB
+# of padding per tensor (0.2 % of Gemma 3 270M, 0.02 % of a 12 GB Gemma 4 26B build). Files for users keep GGUF's
+# default of 32, as llama-quantize writes them: llama-gguf-split (this llama.cpp) writes a broken model when it splits
+# or merges a file whose alignment is not 32 (it copies the key but pads at 32).
+PAGE_ALIGNMENT = 4096
 _GUESSED_FILE_TYPE = 1024  # LLAMA_FTYPE_GUESSED
 _DIGEST_PLACEHOLDER = "0" * 64
 
@@ -90,6 +93,8 @@ class BuildReport:
     actions: tuple[TensorAction, ...]
     seconds: float
     provenance: Provenance
+    parts: tuple[str, ...] = ()  # every file written (the parts of a split output; OUT alone otherwise)
+    export_size: int = 0  # the size of this build as one file with GGUF's default alignment (what export writes)
 
     @property
     def bits_per_weight(self) -> float:
@@ -151,7 +156,7 @@ def check_imatrix_fits(catalog: ModelCatalog, imatrix, path: str) -> None:
         raise BuildError(f"--imatrix {path}: {exc}") from None
 
 
-def plan_build(source: str | os.PathLike, pmap: PrecisionMap, imatrix=None) -> _Plan:
+def plan_build(source: str | os.PathLike, pmap: PrecisionMap, imatrix=None, page_aligned: bool = False) -> _Plan:
     """Everything checked and laid out, nothing written: raises BuildError/QuantizeError on any bad input."""
     catalog = load_catalog(source)
     unknown = [n for n in pmap.types if n not in catalog.by_name]
@@ -177,19 +182,35 @@ def plan_build(source: str | os.PathLike, pmap: PrecisionMap, imatrix=None) -> _
         jobs=jobs,
         vectors=vectors,
         file_type=_file_type_for(pmap),
-        alignment=max(catalog.alignment, OUTPUT_ALIGNMENT),
+        alignment=PAGE_ALIGNMENT if page_aligned else gguf_io.DEFAULT_ALIGNMENT,
         source=str(source),
         imatrix_digest=imatrix.digest if imatrix is not None else "none",
     )
 
 
+def _slots(plan: _Plan) -> list[gguf_io.TensorSlot]:
+    return [gguf_io.TensorSlot(t.name, t.shape, ggml_type(j.dst_type).id, t.bytes_as(j.dst_type))
+            for t, j in zip(plan.catalog.tensors, plan.jobs)]
+
+
 def _layout(plan: _Plan, provenance: Provenance) -> gguf_io.GGUFLayout:
-    slots = [
-        gguf_io.TensorSlot(t.name, t.shape, ggml_type(j.dst_type).id, t.bytes_as(j.dst_type))
-        for t, j in zip(plan.catalog.tensors, plan.jobs)
-    ]
-    return gguf_io.GGUFLayout.build(plan.kv_raw + provenance.kv_entries(plan.file_type, plan.alignment), slots,
+    return gguf_io.GGUFLayout.build(plan.kv_raw + provenance.kv_entries(plan.file_type, plan.alignment), _slots(plan),
                                     plan.alignment)
+
+
+def _part_layouts(plan: _Plan, provenance: Provenance, split_max_bytes: int | None) -> tuple[gguf_io.PartLayout, ...]:
+    return gguf_io.layout_parts(plan.kv_raw + provenance.kv_entries(plan.file_type, plan.alignment), _slots(plan),
+                                plan.alignment, split_max_bytes)
+
+
+def output_paths(source: str | os.PathLike, pmap: PrecisionMap, out: str | os.PathLike,
+                 split_max_bytes: int | None = None, imatrix=None) -> list[Path]:
+    """The files `build` will write for OUT: OUT itself, or the parts of a split output (OUT-00001-of-0000N.gguf,
+    ...; how many follows from the tensors' sizes alone, so it is known before anything is built)."""
+    if split_max_bytes is None:
+        return [Path(out)]
+    plan = plan_build(source, pmap, imatrix)
+    return gguf_io.split_output_paths(out, len(gguf_io.split_ranges(_slots(plan), split_max_bytes)))
 
 
 def predicted_file_size(source: str | os.PathLike, pmap: PrecisionMap, imatrix=None) -> int:
@@ -258,54 +279,91 @@ def build(
     n_threads: int | None = None,
     inputs: dict[str, str | os.PathLike | None] | None = None,
     sync: bool = True,
+    split_max_bytes: int | None = None,
+    part_paths: Sequence[str | os.PathLike] | None = None,
+    page_aligned: bool = False,
 ) -> BuildReport:
     """Write the quantized GGUF `out` for `pmap`; OUT appears complete or not at all, and is never the source (nor
     any of `inputs`, {what: path}, e.g. the imatrix or map file). `sync=False` skips the flush to disk before the
-    rename (scratch outputs: a trial's GGUF lives only while it is scored)."""
+    rename (scratch outputs: a trial's GGUF lives only while it is scored).
+
+    `split_max_bytes`: write a split model instead, as llama-gguf-split --split-max-size would cut it, to
+    `output_paths(...)` (OUT-00001-of-0000N.gguf, ...), all parts published together. `part_paths`: write the files
+    to these paths as they are, with no publishing of their own (a caller that commits them with other outputs in one
+    atomic.atomic_group; they must be as many as output_paths names; `out` is then only a name). `page_aligned`:
+    tensor data on 4096-byte boundaries (scratch builds; see PAGE_ALIGNMENT)."""
     started = time.perf_counter()
     n_threads = n_threads or os.cpu_count() or 1
     inputs = {"source model": source, **(inputs or {})}
-    check_destination(out)
-    refuse_inputs(out, inputs)
-    plan = plan_build(source, pmap, imatrix)
-    for part in plan.catalog.parts[1:]:
-        refuse_inputs(out, {"part of the source model": part})
+    plan = plan_build(source, pmap, imatrix, page_aligned)
+    if part_paths is not None:
+        targets = [Path(p) for p in part_paths]
+    elif split_max_bytes is None:
+        targets = [Path(out)]
+    else:
+        targets = gguf_io.split_output_paths(out, len(gguf_io.split_ranges(_slots(plan), split_max_bytes)))
+    inputs.update({f"part {i + 1} of the source model": part for i, part in enumerate(plan.catalog.parts[1:], 1)})
+    for target in targets:
+        check_destination(target)
+        refuse_inputs(target, inputs)
     fds = [os.open(part, os.O_RDONLY) for part in plan.catalog.parts]
     try:
         digests = source_digests(fds, plan, cache, n_threads)
         provenance = Provenance(_source_digest(plan.kv_raw, digests), plan.imatrix_digest, pmap.digest, pmap.base)
-        layout = _layout(plan, provenance)
-        actions = []
-        with atomic_path(out, inputs=inputs) as tmp:
-            out_fd = os.open(tmp, os.O_WRONLY)
-            try:
-                os.ftruncate(out_fd, layout.file_size)  # padding is the file's holes: zeros, never written
-                _pwrite(out_fd, layout.header, 0)
-                for t, job, vec, slot, offset in zip(plan.catalog.tensors, plan.jobs, plan.vectors, layout.slots,
-                                                     layout.offsets):
-                    t0 = time.perf_counter()
-                    at = len(layout.header) + offset
-                    action = _write_tensor(out_fd, at, fds[t.file], t, job, vec, digests[t.name], cache, n_threads)
-                    actions.append(TensorAction(t.name, job.src_type, job.dst_type, action, slot.n_bytes,
-                                                time.perf_counter() - t0))
-                if os.fstat(out_fd).st_size != layout.file_size:
-                    raise AssertionError(f"wrote {os.fstat(out_fd).st_size} bytes, layout says {layout.file_size}")
-                if sync:
-                    os.fsync(out_fd)
-            finally:
-                os.close(out_fd)
+        parts = _part_layouts(plan, provenance, split_max_bytes)
+        export_size = (parts[0].layout.file_size if len(parts) == 1 and plan.alignment == gguf_io.DEFAULT_ALIGNMENT
+                       else _layout(replace(plan, alignment=gguf_io.DEFAULT_ALIGNMENT), provenance).file_size)
+        if part_paths is not None:
+            if len(targets) != len(parts):
+                raise BuildError(f"{len(targets)} paths given for an output of {len(parts)} files")
+            actions = _write_parts(plan, parts, targets, fds, digests, cache, n_threads, sync)
+        elif len(targets) == 1:
+            with atomic_path(targets[0], inputs=inputs) as tmp:
+                actions = _write_parts(plan, parts, [tmp], fds, digests, cache, n_threads, sync)
+        else:
+            with atomic_group(targets, inputs=inputs) as temps:
+                actions = _write_parts(plan, parts, temps, fds, digests, cache, n_threads, sync)
     finally:
         for fd in fds:
             os.close(fd)
     return BuildReport(
-        out=str(out),
-        file_size=layout.file_size,
-        tensor_bytes=sum(s.n_bytes for s in layout.slots),
+        out=str(targets[0]),
+        file_size=sum(p.layout.file_size for p in parts),
+        tensor_bytes=sum(s.n_bytes for p in parts for s in p.layout.slots),
         n_elements=plan.catalog.n_elements,
         actions=tuple(actions),
         seconds=time.perf_counter() - started,
         provenance=provenance,
+        parts=tuple(map(str, targets)),
+        export_size=export_size,
     )
+
+
+def _write_parts(plan: _Plan, parts: Sequence[gguf_io.PartLayout], paths: Sequence[Path], fds: Sequence[int],
+                 digests: dict[str, str], cache, n_threads: int, sync: bool) -> list[TensorAction]:
+    """Each part's header and tensors into its (existing, empty) file; the padding is left as holes (zeros)."""
+    actions = []
+    for part, path in zip(parts, paths):
+        layout = part.layout
+        out_fd = os.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(out_fd, layout.file_size)
+            _pwrite(out_fd, layout.header, 0)
+            for i, slot, offset in zip(part.tensors, layout.slots, layout.offsets):
+                t, job = plan.catalog.tensors[i], plan.jobs[i]
+                t0 = time.perf_counter()
+                action = _write_tensor(out_fd, len(layout.header) + offset, fds[t.file], t, job, plan.vectors[i],
+                                       digests[t.name], cache, n_threads)
+                actions.append(TensorAction(t.name, job.src_type, job.dst_type, action, slot.n_bytes,
+                                            time.perf_counter() - t0))
+            if os.fstat(out_fd).st_size != layout.file_size:
+                raise AssertionError(f"wrote {os.fstat(out_fd).st_size} bytes to {path}, layout says "
+                                     f"{layout.file_size}")
+            if sync:
+                os.fsync(out_fd)
+        finally:
+            os.close(out_fd)
+    return actions
 
 
 def _write_tensor(out_fd: int, at: int, fd: int, t: TensorInfo, job: QuantJob, vec, digest: str, cache,

@@ -211,6 +211,7 @@ def cmd_build(args) -> int:
 
     check_destination(args.out)  # before any work: a bad output is refused at once
     refuse_inputs(args.out, _map_inputs(args))
+    split_max_bytes = _split_size(args)
     cat = load_catalog(args.source)
     pmap = _resolve_map(args, cat)
     imatrix = _load_imatrix(args)
@@ -218,12 +219,13 @@ def cmd_build(args) -> int:
                                                                                            "--cache-size"))
     try:
         report = build(args.source, pmap, args.out, imatrix=imatrix, cache=cache, n_threads=args.threads,
-                       inputs=_map_inputs(args))
+                       inputs=_map_inputs(args), split_max_bytes=split_max_bytes)
     finally:
         if cache is not None:
             cache.close()
     result = {
         "out": report.out,
+        "parts": list(report.parts),
         "file_size": report.file_size,
         "bits_per_weight": round(report.bits_per_weight, 4),
         "seconds": round(report.seconds, 3),
@@ -237,10 +239,24 @@ def cmd_build(args) -> int:
         _print_json(result)
         return 0
     _print_fallbacks(pmap.fallbacks, args.verbose)
-    print(f"wrote {report.out}: {_human(report.file_size)}, {report.bits_per_weight:.4f} bits per weight, "
+    parts = f" (and {len(report.parts) - 1} more parts)" if len(report.parts) > 1 else ""
+    print(f"wrote {report.out}{parts}: {_human(report.file_size)}, {report.bits_per_weight:.4f} bits per weight, "
           f"{result['quantized']} quantized, {result['cached']} from cache, {result['copied']} copied, "
           f"{report.seconds:.2f} s")
     return 0
+
+
+def _split_size(args) -> int | None:
+    from .gguf_io import parse_split_size
+
+    return parse_split_size(args.split_max_size) if getattr(args, "split_max_size", None) else None
+
+
+def _add_split_option(p) -> None:
+    p.add_argument("--split-max-size", metavar="SIZE",
+                   help="write a split model, as llama-gguf-split --split-max-size SIZE cuts it (10G: 10 * 10**9 "
+                        "bytes of tensor data per part; 9.5GiB works too): OUT-00001-of-0000N.gguf, ...; llama.cpp "
+                        "loads the first part")
 
 
 # ---- imatrix -----------------------------------------------------------------------------------------------------
@@ -573,17 +589,18 @@ def cmd_export(args) -> int:
 
     max_size = parse_size(args.max_size, "--max-size") if args.max_size else None
     result = export(args.store, args.source, args.out, studies=args.study, trial=args.trial, pick=args.pick,
-                    max_size=max_size, imatrix_path=args.imatrix, cache_dir=args.cache_dir)
+                    max_size=max_size, imatrix_path=args.imatrix, cache_dir=args.cache_dir,
+                    split_max_bytes=_split_size(args))
     row = result["row"]
-    summary = {"out": result["out"], "recipe": result["recipe"], "card": result["card"],
+    summary = {"out": result["out"], "parts": result["parts"], "recipe": result["recipe"], "card": result["card"],
                "file_size": result["file_size"], "trial_id": row["trial_id"], "study": row["study"],
                "kld": row["kld"], "kld_se": row["kld_se"], "ppl": row["ppl"], "bpw": row["bpw"]}
     if args.json:
         _print_json(summary)
     else:
         print(f"exported trial {row['trial_id']} of study {row['study']} ({row['bpw']:.3f} bpw, kld {row['kld']:.5f} "
-              f"+/- {row['kld_se'] or 0:.5f}, ppl {row['ppl']:.3f}):\n  {result['out']} ({_human(result['file_size'])})"
-              f"\n  {result['recipe']}\n  {result['card']}")
+              f"+/- {row['kld_se'] or 0:.5f}, ppl {row['ppl']:.3f}):\n  {', '.join(result['parts'])} "
+              f"({_human(result['file_size'])})\n  {result['recipe']}\n  {result['card']}")
     return 0
 
 
@@ -829,6 +846,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="quantize everything, store nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="every fallback, one line per tensor")
     p.add_argument("--threads", type=_positive, default=None, help="quantizer threads (default: all cores)")
+    _add_split_option(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_build)
 
@@ -960,6 +978,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "appear together or not at all)")
     p.add_argument("--imatrix", help="the imatrix the study used")
     p.add_argument("--cache-dir", help="tensor cache to reuse")
+    _add_split_option(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from .errors import CerebellumError
 from . import store
-from .build import build
+from .build import build, output_paths
 from .catalog import layer_ranges, load_catalog
 from .atomic import atomic_group, refuse_store_files
 from .precision_map import PrecisionMap, by_group, not_expressible, to_tensor_type_lines
@@ -80,7 +80,7 @@ def recipe_text(pmap: PrecisionMap, catalog, out_name: str) -> str:
 
 def export(store_dir: str, source: str, out: str, studies: list[str] | None = None, trial: str | None = None,
            pick: str | None = None, max_size: int | None = None, imatrix_path: str | None = None,
-           cache_dir: str | None = None) -> dict[str, Any]:
+           cache_dir: str | None = None, split_max_bytes: int | None = None) -> dict[str, Any]:
     row = pick_row(store_dir, studies, trial, pick, max_size)
     catalog = load_catalog(source)
     missing = [n for n in catalog.by_name if n not in row["map"]]
@@ -98,21 +98,25 @@ def export(store_dir: str, source: str, out: str, studies: list[str] | None = No
 
     out_path = Path(out)
     stem = out_path.with_suffix("")
-    outputs = [out_path, Path(f"{stem}.recipe"), Path(f"{stem}.card.json")]
+    ggufs = output_paths(source, pmap, out_path, split_max_bytes, imatrix)  # OUT, or its parts
+    outputs = [*ggufs, Path(f"{stem}.recipe"), Path(f"{stem}.card.json")]
     for path in outputs:
         refuse_store_files(path, store_dir)
     cache = TensorCache(cache_dir) if cache_dir else None
-    with atomic_group(outputs, inputs={"source model": source, "imatrix": imatrix_path}) as (gguf_tmp, recipe, card):
-        report = build(source, pmap, gguf_tmp, imatrix=imatrix, cache=cache)
+    with atomic_group(outputs, inputs={"source model": source, "imatrix": imatrix_path}) as temps:
+        *gguf_temps, recipe, card = temps
+        report = build(source, pmap, ggufs[0], imatrix=imatrix, cache=cache, split_max_bytes=split_max_bytes,
+                       part_paths=gguf_temps)
         recipe.write_text(recipe_text(pmap, catalog, stem.name))
-        card.write_text(json.dumps(_card(row, catalog, pmap, report, out_path, source), indent=1, default=str) + "\n")
-    return {"out": str(out_path), "recipe": str(outputs[1]), "card": str(outputs[2]), "row": row,
-            "file_size": report.file_size, "map": pmap}
+        card.write_text(json.dumps(_card(row, catalog, pmap, report, ggufs, source), indent=1, default=str) + "\n")
+    return {"out": str(ggufs[0]), "parts": [str(p) for p in ggufs], "recipe": str(outputs[-2]),
+            "card": str(outputs[-1]), "row": row, "file_size": report.file_size, "map": pmap}
 
 
-def _card(row, catalog, pmap: PrecisionMap, report, out_path: Path, source: str) -> dict[str, Any]:
+def _card(row, catalog, pmap: PrecisionMap, report, ggufs: list[Path], source: str) -> dict[str, Any]:
     return {
-        "file": out_path.name, "size_bytes": report.file_size, "bits_per_weight": report.bits_per_weight,
+        "file": ggufs[0].name, **({"parts": [p.name for p in ggufs]} if len(ggufs) > 1 else {}),
+        "size_bytes": report.file_size, "bits_per_weight": report.bits_per_weight,
         "trial": {k: row[k] for k in ("study", "trial_id", "strategy", "label", "eval_hash", "map_hash")},
         "metrics": {k: row.get(k) for k in METRIC_COLUMNS if row.get(k) is not None},
         "precision_map_by_group": _group_table(catalog, pmap),

@@ -387,3 +387,82 @@ def split_parts(header: GGUFHeader) -> tuple[GGUFHeader, ...]:
 def model_files(path: str | os.PathLike) -> tuple[str, ...]:
     """The files of a model: the path itself, or every part of a split model (given its first part)."""
     return tuple(p.path for p in split_parts(read_header(path)))
+
+
+# ---- writing split models ----------------------------------------------------------------------------------------
+
+SPLIT_CUT_ALIGNMENT = 32  # llama-gguf-split counts each tensor's bytes padded to 32 when it decides where to cut
+_DECIMAL_SPLIT_SIZE = re.compile(r"\s*([1-9][0-9]*)\s*([MG])\s*")
+
+
+def parse_split_size(value: str | int) -> int:
+    """Bytes per part for --split-max-size: llama-gguf-split's own spelling (N followed by M or G, decimal: 10G is
+    10 * 10**9 bytes) or any size `units.parse_size` reads (10GB, 9.5GiB, 123456)."""
+    from .units import parse_size
+
+    m = _DECIMAL_SPLIT_SIZE.fullmatch(str(value))
+    if m:
+        return int(m.group(1)) * (10**6 if m.group(2) == "M" else 10**9)
+    return parse_size(value, "--split-max-size")
+
+
+def split_ranges(slots: Sequence[TensorSlot], max_bytes: int) -> tuple[range, ...]:
+    """Which tensors go to which part, as llama-gguf-split --split-max-size cuts: tensors in order, a new part
+    before the tensor that would take the current part's data (each tensor padded to 32) past `max_bytes`; a
+    tensor larger than that gets a part of its own (gguf-split would fail on a first tensor that large)."""
+    ranges, start, current = [], 0, 0
+    for i, s in enumerate(slots):
+        n = _pad(s.n_bytes, SPLIT_CUT_ALIGNMENT)
+        if i > start and current + n > max_bytes:
+            ranges.append(range(start, i))
+            start, current = i, 0
+        current += n
+    ranges.append(range(start, len(slots)))
+    return tuple(ranges)
+
+
+def split_kv_entries(index: int, count: int, n_tensors: int) -> list[bytes]:
+    """The split keys every part carries, with llama.cpp's types (its loader checks them strictly)."""
+    return [encode_kv(SPLIT_NO, index, GGUFValueType.UINT16), encode_kv(SPLIT_COUNT, count, GGUFValueType.UINT16),
+            encode_kv(SPLIT_TENSORS, n_tensors, GGUFValueType.INT32)]
+
+
+@dataclass(frozen=True)
+class PartLayout:
+    """One file of an output: which tensors (indices into the model's tensor list) and how they are laid out."""
+
+    tensors: range
+    layout: GGUFLayout
+
+
+def layout_parts(kv_entries: Sequence[bytes], slots: Sequence[TensorSlot], alignment: int,
+                 split_max_bytes: int | None = None) -> tuple[PartLayout, ...]:
+    """The output's files: one, or the parts of a split model as llama.cpp loads them: the first holds every
+    key/value and the split keys, the others only the split keys (and general.alignment when it is not 32)."""
+    if split_max_bytes is None:
+        return (PartLayout(range(len(slots)), GGUFLayout.build(kv_entries, slots, alignment)),)
+    held = [k for k in map(_entry_key, kv_entries) if k in SPLIT_KEYS]
+    if held:
+        raise GGUFError(f"the key/values to write already hold {held[0]}: split keys are written per part")
+    ranges = split_ranges(slots, split_max_bytes)
+    alignment_kv = ([] if alignment == DEFAULT_ALIGNMENT else
+                    [encode_kv("general.alignment", alignment, GGUFValueType.UINT32)])
+    return tuple(
+        PartLayout(r, GGUFLayout.build([*(kv_entries if i == 0 else alignment_kv),
+                                        *split_kv_entries(i, len(ranges), len(slots))],
+                                       slots[r.start:r.stop], alignment))
+        for i, r in enumerate(ranges)
+    )
+
+
+def _entry_key(raw: bytes) -> str:
+    (n,) = _U64.unpack_from(raw)
+    return raw[8:8 + n].decode("utf-8", errors="replace")
+
+
+def split_output_paths(out: str | os.PathLike, n_parts: int) -> list[Path]:
+    """Where the parts of a split output go: OUT.gguf -> OUT-00001-of-0000N.gguf ... (gguf-split's naming, with
+    OUT's .gguf taken off as the prefix)."""
+    out = Path(out)
+    prefix = out.with_suffix("") if out.suffix == ".gguf" else out
+    return [split_path(prefix, i, n_parts) for i in range(n_parts)]

@@ -132,7 +132,8 @@ def evaluate_map(ctx: TrialContext, pmap: PrecisionMap, report: Callable[[dict],
     out = work / f"{ctx.study}-{pmap.digest[:16]}-{os.getpid()}.gguf"
     cache = TensorCache(ctx.cache_dir, size_limit=ctx.cache_size)
     t0 = time.perf_counter()
-    report_ = build(ctx.source, pmap, out, imatrix=imatrix, cache=cache, n_threads=ctx.n_threads, sync=False)
+    report_ = build(ctx.source, pmap, out, imatrix=imatrix, cache=cache, n_threads=ctx.n_threads, sync=False,
+                    page_aligned=True)
     t1 = time.perf_counter()
     ev = ctx.space.evaluation
     spec = EvalSpec(ctx.eval_text, n_ctx=ev.ctx, n_chunks=ev.chunks, top_k=ev.top_k,
@@ -152,7 +153,7 @@ def evaluate_map(ctx: TrialContext, pmap: PrecisionMap, report: Callable[[dict],
         final: dict[str, Any] = {}
         try:
             for rec in score_stream(out, spec, ctx.reference, runner=runner):
-                final = {**base, **_metrics(rec, report_.file_size, report_.bits_per_weight, final=False),
+                final = {**base, **_metrics(rec, report_.export_size, report_.bits_per_weight, final=False),
                          "score_s": time.perf_counter() - t2}
                 if not rec.done:
                     report(final)

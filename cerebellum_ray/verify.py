@@ -173,7 +173,7 @@ def verify(opts: VerifyOptions, progress=None) -> list[dict[str, Any]]:
                             base=f"trial:{row['trial_id']}")
         out = work / f"verify-{pmap.digest[:16]}-{os.getpid()}.gguf"
         try:
-            build(opts.source, pmap, out, imatrix=imatrix, cache=cache)
+            build(opts.source, pmap, out, imatrix=imatrix, cache=cache, sync=False, page_aligned=True)
             values: dict[str, Any] = {}
             if "humaneval" in opts.metrics:
                 he = _humaneval(out, opts.limit, opts.max_new_tokens, opts.n_gpu_layers)

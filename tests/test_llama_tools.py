@@ -195,3 +195,60 @@ def test_imatrix_equals_llama_imatrix_on_gemma3(tools, corpus_file, tmp_path):
                              settings=CollectSettings(n_ctx=512, n_chunks=4, n_threads=2))
     assert report.n_entries == 126 and report.chunk_count == 4
     assert (tmp_path / "ours.gguf").read_bytes() == theirs.read_bytes()
+
+
+# ---- split models: llama-gguf-split ---------------------------------------------------------------------------
+
+
+def _tensors_by_part(path) -> list[list[str]]:
+    from cerebellum_ray.catalog import load_catalog
+
+    cat = load_catalog(path)
+    return [[t.name for t in cat.tensors if t.file == i] for i in range(len(cat.parts))]
+
+
+def _tensor_data(path) -> dict[str, bytes]:
+    from cerebellum_ray.catalog import load_catalog
+
+    cat = load_catalog(path)
+    out = {}
+    for t in cat.tensors:
+        with open(cat.parts[t.file], "rb") as f:
+            f.seek(t.data_offset)
+            out[t.name] = f.read(t.n_bytes)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["gemma4", "mixtral"])
+def test_split_equals_llama_gguf_split(tools, tiny_models, corpus_file, tmp_path, arch):
+    """Our --split-max-size cuts where llama-gguf-split --split-max-size cuts; each reads the other's parts; a build
+    from their split source equals the build from the single file; llama.cpp loads both splits and llama-gguf-split
+    --merge of ours gives the single file's tensors, and all of them score alike in llama-perplexity."""
+    from cerebellum_ray.build import build
+    from cerebellum_ray.catalog import load_catalog
+    from cerebellum_ray.precision_map import MapSpec, Rule, resolve
+
+    source = tiny_models[arch]
+    pmap = resolve(load_catalog(source), MapSpec(base="Q4_K_M"))
+    single = tmp_path / "q.gguf"
+    build(source, pmap, single)
+    ours = build(source, pmap, tmp_path / "ours.gguf", split_max_bytes=2 * 10**6).parts
+    run_tool([str(tools / "llama-gguf-split"), "--split", "--split-max-size", "2M", str(single),
+              str(tmp_path / "theirs")], "gguf split written")
+    theirs = sorted(tmp_path.glob("theirs-*-of-*.gguf"))
+    assert len(theirs) == len(ours) >= 3
+    assert _tensors_by_part(theirs[0]) == _tensors_by_part(ours[0])
+    assert _tensor_data(theirs[0]) == _tensor_data(ours[0]) == _tensor_data(single)
+
+    rebuilt_single, rebuilt_split = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    pmap8 = resolve(load_catalog(single), MapSpec(rules=(Rule("blk.0.attn_q.weight", "Q8_0"),)))
+    build(single, pmap8, rebuilt_single)
+    build(theirs[0], pmap8, rebuilt_split)
+    assert rebuilt_single.read_bytes() == rebuilt_split.read_bytes()
+
+    merged = tmp_path / "merged.gguf"
+    run_tool([str(tools / "llama-gguf-split"), "--merge", str(ours[0]), str(merged)], "merged from")
+    assert _tensor_data(merged) == _tensor_data(single)
+    ppl = {name: llama_perplexity_ppl(tools, path, corpus_file, 64, 3)
+           for name, path in (("single", single), ("ours", ours[0]), ("theirs", theirs[0]), ("merged", merged))}
+    assert len(set(ppl.values())) == 1, ppl

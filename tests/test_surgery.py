@@ -75,7 +75,7 @@ def test_recast_router_and_attn_q_keeps_the_rest_byte_identical(quantized, tmp_p
     assert (by_name[ROUTER].old_type, by_name[ROUTER].new_type) == ("F32", "Q8_0")
     assert (by_name[ATTN_Q].old_type, by_name[ATTN_Q].new_type) == ("Q4_K", "Q6_K")
     assert report.size_after - report.size_before == report.delta
-    align = load_catalog(src).alignment  # built files put tensor data on 4096-byte boundaries
+    align = load_catalog(src).alignment  # padding follows the file's alignment
 
     def padded(n):
         return -(-n // align) * align
