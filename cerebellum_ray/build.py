@@ -216,14 +216,29 @@ def _tensor_digest(fd: int, t: TensorInfo) -> str:
 def source_digests(fd: int, plan: _Plan, cache: TensorCache | None, n_threads: int) -> dict[str, str]:
     """sha256 of every source tensor's bytes; remembered in the cache per source file state (digests.file_state:
     a file rewritten in place is hashed again even when its modification time was restored)."""
+    return _digests(fd, plan.source, plan.catalog, cache, n_threads)
+
+
+def tensor_digests(source: str | os.PathLike, catalog: ModelCatalog, cache: TensorCache | None = None,
+                   n_threads: int | None = None) -> dict[str, str]:
+    """{tensor name: sha256 of its bytes} of `source` (whose catalog is `catalog`), remembered in the cache as the
+    builder remembers them (one hashing per file state, shared with builds)."""
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        return _digests(fd, str(source), catalog, cache, n_threads or os.cpu_count() or 1)
+    finally:
+        os.close(fd)
+
+
+def _digests(fd: int, source: str, catalog: ModelCatalog, cache: TensorCache | None, n_threads: int) -> dict[str, str]:
     if cache is not None:
-        known = cache.source_digests(plan.source)
-        if known is not None and set(known) == set(plan.catalog.by_name):
+        known = cache.source_digests(source)
+        if known is not None and set(known) == set(catalog.by_name):
             return known
     with ThreadPoolExecutor(max_workers=max(1, n_threads)) as pool:
-        digests = dict(zip(plan.catalog.by_name, pool.map(lambda t: _tensor_digest(fd, t), plan.catalog.tensors)))
+        digests = dict(zip(catalog.by_name, pool.map(lambda t: _tensor_digest(fd, t), catalog.tensors)))
     if cache is not None:
-        cache.remember_source_digests(plan.source, digests)
+        cache.remember_source_digests(source, digests)
     return digests
 
 
