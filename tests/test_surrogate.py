@@ -9,7 +9,7 @@ import pytest
 
 from cerebellum_ray.choices import ChoiceTable
 from cerebellum_ray.prior import Prior
-from cerebellum_ray.solver import solve
+from cerebellum_ray.solver import budget_grid, solve, solve_many
 from cerebellum_ray.surrogate import (THREE_SIGMA_P, Observation, SurrogateError, _fit, _log_chi2_sf, _Solved,
                                       fit_surrogate, observation, observations_from_rows)
 
@@ -252,3 +252,42 @@ def test_dual_and_primal_forms_agree():
     primal2 = _Solved(tall, np.concatenate([y, y]), np.concatenate([v, v]), pen)
     assert primal2._P is None and primal2.theta.shape == (p,)
     assert _fit(X, y, v, pen).theta.shape == (p,)
+
+
+def test_end_to_end_on_the_tiny_model(tiny_models, tiny_imatrix):
+    """prior -> store-like rows -> surrogate -> solver -> the map the space builds, on the tiny Gemma-4 model (KLD
+    made up from the prior: the wiring, not the quality, is under test)."""
+    from cerebellum_ray.catalog import load_catalog
+    from cerebellum_ray.precision_map import tensor_bytes
+    from cerebellum_ray.prior import space_prior
+    from cerebellum_ray.space import space_from_data
+
+    path = tiny_models["gemma4"]
+    catalog = load_catalog(path)
+    space = space_from_data({"name": "e2e", "base": "Q3_K_M", "dimensions": [
+        {"name": "attn_q", "select": {"group": "attn_q", "layers": "0-2"}, "per": "layer",
+         "types": ["Q2_K", "Q3_K", "Q4_K"]},
+        {"name": "router", "select": {"group": "router", "layers": [0, 1]}, "per": "layer",
+         "types": ["Q4_0", "Q8_0", "F32"]},
+    ]}, catalog)
+    prior = space_prior(space, catalog, path, imatrix=tiny_imatrix["gemma4"]["gguf"], max_rows=64)
+    table = prior.table
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        point = {d.param: int(rng.integers(len(d.types))) for d in space.dimensions}
+        if i % 3 == 0:  # partial points, as the ablation stores them
+            point = dict(list(point.items())[:1])
+        levels = table.levels_of_point(point)
+        kld = 0.01 + 0.5 * sum(prior.level_errors[j][lv] for j, lv in enumerate(levels))
+        pmap = space.map_for(catalog, point, has_imatrix=True)
+        rows.append({"status": "complete", "kld": kld * (1 + 0.01 * rng.standard_normal()), "kld_se": 0.01 * kld,
+                     "map": dict(pmap.types), "params": json.dumps(point), "eval_hash": "e"})
+    obs, skipped = observations_from_rows(table, rows, eval_hash="e")
+    assert skipped == 0 and len(obs) == 12
+    s = fit_surrogate(table, obs, prior)
+    assert s.quality.loo_spearman > 0.8
+    problem = s.problem()
+    for sol in solve_many(problem, budget_grid(problem, 5)):
+        pmap = space.map_for(catalog, sol.point, has_imatrix=True)
+        assert tensor_bytes(catalog, pmap) == sol.size_bytes <= sol.budget_bytes
