@@ -245,16 +245,32 @@ def _tensor_digest(fd: int, t: TensorInfo) -> str:
 
 def source_digests(fds: Sequence[int], plan: _Plan, cache: TensorCache | None, n_threads: int) -> dict[str, str]:
     """xxh3-128 of every source tensor's bytes; remembered in the cache per source file state (digests.file_state:
-    a file rewritten in place is hashed again even when its modification time was restored)."""
+    a file rewritten in place is hashed again even when its modification time was restored). `fds`: the source's
+    files (its parts, for a split model), open."""
+    return _digests(fds, plan.catalog, cache, n_threads)
+
+
+def tensor_digests(catalog: ModelCatalog, cache: TensorCache | None = None,
+                   n_threads: int | None = None) -> dict[str, str]:
+    """{tensor name: xxh3-128 of its bytes} of the model `catalog` describes, remembered in the cache as the builder
+    remembers them (one hashing per file state, shared with builds)."""
+    fds = [os.open(part, os.O_RDONLY) for part in catalog.parts]
+    try:
+        return _digests(fds, catalog, cache, n_threads or os.cpu_count() or 1)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _digests(fds: Sequence[int], catalog: ModelCatalog, cache: TensorCache | None, n_threads: int) -> dict[str, str]:
     if cache is not None:
-        known = cache.source_digests(plan.catalog.parts)
-        if known is not None and set(known) == set(plan.catalog.by_name):
+        known = cache.source_digests(catalog.parts)
+        if known is not None and set(known) == set(catalog.by_name):
             return known
     with ThreadPoolExecutor(max_workers=max(1, n_threads)) as pool:
-        digests = dict(zip(plan.catalog.by_name, pool.map(lambda t: _tensor_digest(fds[t.file], t),
-                                                          plan.catalog.tensors)))
+        digests = dict(zip(catalog.by_name, pool.map(lambda t: _tensor_digest(fds[t.file], t), catalog.tensors)))
     if cache is not None:
-        cache.remember_source_digests(plan.catalog.parts, digests)
+        cache.remember_source_digests(catalog.parts, digests)
     return digests
 
 
