@@ -21,9 +21,7 @@ The summary table mirrors the card's: move, tensors, KLD change, size change, de
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +31,8 @@ from . import store
 from .catalog import load_catalog
 from .atomic import atomic_output
 from .precision_map import PrecisionMap, resolve
+from .search_runtime import point_key as _point_key
 from .space import SearchSpace
-from .trial import POINT_KEY
 
 TOLERANCE_SE = 2.0
 REFERENCE_KLD = 1e-6  # a base this close to its reference is the reference itself (float noise, not quantization)
@@ -48,10 +46,6 @@ class Move:
     params: tuple[str, ...]
     type: str
     n_tensors: int = 0
-
-
-def _point_key(point: Mapping[str, int]) -> str:
-    return json.dumps(dict(sorted(point.items())))
 
 
 def _move(space: SearchSpace, base_map: PrecisionMap, params, type_name: str) -> dict[str, int] | None:
@@ -103,8 +97,9 @@ def run_ablation(opts):
     resources = trial_resources(opts, cluster)
     space = ctx.space
     catalog = load_catalog(ctx.source)
-    base_map = resolve(catalog, space.base)
-    key = _MapKeys(space, catalog)
+    has_imatrix = ctx.imatrix_path is not None  # trials build with it; some presets then give other base types
+    base_map = resolve(catalog, space.base, has_imatrix=has_imatrix)
+    key = _MapKeys(space, catalog, has_imatrix)
     runner = _BatchRunner(ctx, opts, resources, store_dir, key)
     base: dict[str, int] = {}  # the preset itself
     results = runner.run([(Move("base", "base", "", (), ""), base)], "base")
@@ -150,13 +145,13 @@ def _base_name(space: SearchSpace) -> str:
 class _MapKeys:
     """A point's map digest (memoized): results are matched by the map they measured, not by how it was named."""
 
-    def __init__(self, space: SearchSpace, catalog):
-        self.space, self.catalog, self._memo = space, catalog, {}
+    def __init__(self, space: SearchSpace, catalog, has_imatrix: bool = False):
+        self.space, self.catalog, self.has_imatrix, self._memo = space, catalog, has_imatrix, {}
 
     def __call__(self, point: Mapping[str, int]) -> str:
         k = _point_key(point)
         if k not in self._memo:
-            self._memo[k] = self.space.map_for(self.catalog, point).digest
+            self._memo[k] = self.space.map_for(self.catalog, point, has_imatrix=self.has_imatrix).digest
         return self._memo[k]
 
 
@@ -269,10 +264,7 @@ class _BatchRunner:
         return out
 
     def run(self, moves, phase: str) -> dict[str, dict[str, Any]]:
-        from ray import tune
-
-        from .search_runtime import make_callbacks
-        from .trial import ray_trainable
+        from .search_runtime import run_points
 
         known = self.known()
         todo = {}
@@ -280,17 +272,7 @@ class _BatchRunner:
             if self.key(point) not in known:
                 todo.setdefault(self.key(point), (move, point))
         if todo:
-            labels = {_point_key(p): m.label for m, p in todo.values()}
-            trainable = tune.with_resources(tune.with_parameters(ray_trainable, ctx=self.ctx), self.resources)
-            name = f"{self.ctx.study}-{phase}-{int(time.time())}"
-            tune.Tuner(
-                trainable,
-                param_space={POINT_KEY: tune.grid_search([p for _, p in todo.values()])},
-                tune_config=tune.TuneConfig(reuse_actors=False),
-                run_config=tune.RunConfig(
-                    name=name, storage_path=self.opts.storage_path or str(self.store_dir / "_tune"),
-                    callbacks=make_callbacks(self.ctx, self.opts, "ablation", labels),
-                    failure_config=tune.FailureConfig(max_failures=self.opts.max_failures), verbose=0),
-            ).fit()
+            run_points(self.ctx, self.opts, self.resources, [p for _, p in todo.values()], "ablation", phase,
+                       labels={_point_key(p): m.label for m, p in todo.values()})
             known = self.known()
         return {k: known[k] for k in (self.key(p) for _, p in moves) if k in known}

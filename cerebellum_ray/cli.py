@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -533,6 +534,7 @@ def cmd_pareto(args) -> int:
         "comparisons": comparisons,
         "references": [{k: r.get(k) for k in columns} for r in refs],
         "plots": args.plot or [],
+        **_predictions_and_departures(args.store, search),
     }
     if args.json:
         _print_json(result)
@@ -557,9 +559,50 @@ def cmd_pareto(args) -> int:
             f"{r['label']} ({r['bpw']:.3f} bpw, " + ", ".join(f"{o} {_cell(r.get(OBJECTIVES[o][0]))}"
                                                               for o in objectives if o not in ("size", "bpw")) + ")"
             for r in refs))
+    _print_predictions(result["predictions"], result["departures"])
     for path in args.plot or []:
         print(f"plot: {path}")
     return 0
+
+
+def _predictions_and_departures(store_dir: str, rows: list[dict]) -> dict[str, Any]:
+    """Predicted vs measured KLD of the rows that carry a prediction (guided, solve --verify), and the pairs of
+    choices whose joint effect departs from additivity by more than 3 standard errors, per guided study."""
+    from .guided import study_departures
+    from .pareto import prediction_check
+
+    predictions = prediction_check(rows)
+    departures: dict[str, Any] = {}
+    if predictions is not None:
+        for study in sorted({r["study"] for r in rows if r.get("predicted_kld") is not None}):
+            try:
+                departures[study] = study_departures(store_dir, study)
+            except CerebellumError as exc:  # e.g. a study stored before studies were recorded
+                departures[study] = f"not computed: {exc}"
+    return {"predictions": predictions, "departures": departures}
+
+
+def _print_predictions(predictions: dict | None, departures: dict) -> None:
+    if predictions is None:
+        return
+    rho = predictions["spearman"]
+    print(f"\npredicted vs measured KLD ({predictions['n']} rows with a prediction made before they ran): Spearman "
+          f"{'-' if rho is None else f'{rho:.3f}'}, {100 * predictions['within_2se']:.0f}% within 2 standard errors, "
+          f"median relative error {100 * predictions['median_relative_error']:.1f}%")
+    for phase, q in predictions["by_phase"].items():
+        r = q["spearman"]
+        print(f"  {phase}: {q['n']} rows, Spearman {'-' if r is None else f'{r:.3f}'}, "
+              f"{100 * q['within_2se']:.0f}% within 2 SE")
+    for study, found in departures.items():
+        if isinstance(found, str):
+            print(f"  {study}: interactions {found}")
+        elif not found:
+            print(f"  {study}: no pair of choices departs from additivity by more than 3 standard errors")
+        else:
+            print(f"  {study}: pairs whose joint effect departs from the sum of their effects (> 3 SE):")
+            for d in found[:10]:
+                print(f"    {d['a']}={d['type_a']} with {d['b']}={d['type_b']}: {d['departure']:+.5f} KLD "
+                      f"({d['z']:+.1f} SE)")
 
 
 def _cell(v) -> str:
@@ -650,6 +693,83 @@ def _verified_line(r: dict) -> str:
     if r.get("mc_acc") is not None:
         parts.append(f"MC {100 * r['mc_acc']:.1f}% +/- {100 * r['mc_acc_se']:.1f}%")
     return "; ".join(parts)
+
+
+# ---- guided search: prior and solve --------------------------------------------------------------------------
+
+
+def cmd_prior(args) -> int:
+    from ._llama import llama_cpp  # noqa: F401  (before numpy)
+    from .catalog import load_catalog
+    from .guided import study_prior
+    from .space import load_space
+
+    catalog = load_catalog(args.source)
+    space = load_space(args.space, catalog)
+    prior = study_prior(space, catalog, args.source, args.imatrix, args.cache_dir)
+    table = prior.table
+    if args.json:
+        _print_json({"space": space.name, "source": args.source, "imatrix": args.imatrix,
+                     "computed": prior.computed, "cached": prior.from_cache,
+                     "choices": {p: {ty: {"error": prior.errors[p][ty], "bytes": prior.bytes[p][ty]}
+                                     for ty in table.types[i]} for i, p in enumerate(table.params)}})
+        return 0
+    print(f"prior of space {space.name} on {args.source}: importance-weighted relative quantization error of every "
+          f"choice ({prior.computed} computed, {prior.from_cache} from the cache)")
+    width = max(len(p) for p in table.params)
+    for i, p in enumerate(table.params):
+        cells = "  ".join(f"{ty} {prior.errors[p][ty]:.3g}" for ty in table.types[i])
+        print(f"  {p:<{width}}  {cells}")
+    return 0
+
+
+def cmd_solve(args) -> int:
+    from ._llama import llama_cpp  # noqa: F401  (before numpy)
+    from .catalog import load_catalog
+    from .search_runtime import read_study
+    from .solve import make_budget, solve_study, verify_solution, within
+
+    catalog = None
+    if args.vram_gb is not None:
+        source = args.source or read_study(args.store, args.study)["source"]
+        catalog = load_catalog(source)
+    budget = make_budget(args.max_bpw, args.max_gb, args.vram_gb, args.context, catalog)
+    result = solve_study(args.store, args.study, budget, space_file=args.space, source=args.source,
+                         warm_start=tuple(args.warm_start or ()))
+    if args.out_map:
+        from .atomic import write_text
+
+        write_text(args.out_map, json.dumps(dict(result.map), indent=1) + "\n")
+    if args.verify:
+        with _stdout_to_stderr(args.json):
+            row = verify_solution(args.store, result, space_file=args.space, source=args.source,
+                                  num_cpus=args.num_cpus, cpus_per_trial=args.cpus_per_trial,
+                                  gpus_per_trial=args.gpus_per_trial)
+        result = replace(result, verified={"trial_id": row["trial_id"], "kld": row["kld"], "kld_se": row["kld_se"],
+                                           "ppl": row["ppl"], "within_2se": within(result.predicted, row["kld"])})
+    if args.json:
+        _print_json(result.as_dict())
+        return 0
+    fit = result.fit
+    print(f"study {result.study}, budget {result.budget}: the surrogate's best map (fitted on {fit['rows']} rows, "
+          f"leave-one-out Spearman {fit['loo_spearman']:.2f}, {len(fit['interactions'])} interactions; "
+          f"{result.seconds:.1f} s)")
+    print(f"  size {_human(result.size_bytes)} ({result.size_bytes} bytes as one file), {result.bpw:.4f} bits per "
+          f"weight")
+    print(f"  predicted KLD {result.predicted['kld']:.5f} +/- {result.predicted['kld_se']:.5f}")
+    if result.measured is not None:
+        print(f"  measured (trial {result.measured_trial}): KLD {result.measured['kld']:.5f} +/- "
+              f"{result.measured['kld_se'] or 0:.5f}")
+    else:
+        print("  this exact map was never measured (--verify measures it)")
+    if result.verified is not None:
+        v = result.verified
+        print(f"  verified now (trial {v['trial_id']}): KLD {v['kld']:.5f} +/- {v['kld_se'] or 0:.5f}, "
+              f"{'within' if v['within_2se'] else 'outside'} 2 standard errors of the prediction")
+    print("  choices: " + ", ".join(f"{p}={t}" for p, t in result.choices.items()))
+    if args.out_map:
+        print(f"  map written to {args.out_map} (build --map {args.out_map})")
+    return 0
 
 
 # ---- surgery -----------------------------------------------------------------------------------------------------
@@ -914,14 +1034,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("search", help="search precision maps on Ray Tune (Optuna or automated ablation)")
+    p = sub.add_parser("search", help="search precision maps on Ray Tune (guided, Optuna or automated ablation)")
     p.add_argument("--space", required=True, help="search space YAML (see search_spaces/README.md)")
     p.add_argument("--source", required=True, help="the full-precision source GGUF (same path on every node)")
     p.add_argument("--study", required=True, help="study name (resume continues a study of this name)")
     p.add_argument("--store", required=True, help="result store directory (Parquet, one file per trial)")
-    p.add_argument("--strategy", choices=["optuna", "ablation", "presets", "fixed"], default="optuna",
-                   help="optuna search, the card's ablation procedure, llama.cpp presets as reference points, or "
-                        "one fixed map (--map)")
+    p.add_argument("--strategy", choices=["guided", "optuna", "ablation", "presets", "fixed"], default="optuna",
+                   help="guided (recommended: prior, sensitivities, a surrogate and an exact budget solver; see the "
+                        "README), optuna (NSGA-II/TPE), the card's ablation procedure, llama.cpp presets as reference "
+                        "points, or one fixed map (--map)")
     p.add_argument("--presets", help="presets for --strategy presets (default Q2_K,Q3_K_S,...,Q8_0)")
     p.add_argument("--map", help="precision map file for --strategy fixed (e.g. search_spaces/cerebellum-v6.yaml)")
     p.add_argument("--base", metavar="PRESET", help="a llama.cpp preset to start from instead of the space's base "
@@ -965,6 +1086,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-references", action="store_true", help="let presets/fixed maps join the fronts")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_pareto)
+
+    p = sub.add_parser("prior", help="the zero-run prior of a space: every choice's importance-weighted relative "
+                                      "quantization error (no model run; cached)")
+    p.add_argument("--space", required=True)
+    p.add_argument("--source", required=True)
+    p.add_argument("--imatrix", help="importance matrix (default: every input weighs alike)")
+    p.add_argument("--cache-dir", help="cache directory (default $CEREBELLUM_CACHE or ~/.cache/cerebellum-ray)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_prior)
+
+    p = sub.add_parser("solve", help="the best map a study's rows predict for a size budget, no new trial "
+                                      "(--verify measures it)")
+    p.add_argument("--store", required=True)
+    p.add_argument("--study", required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--max-bpw", type=float, help="bits per weight of the tensor data, e.g. 4.5")
+    which.add_argument("--max-gb", type=float, help="file size in GB (10**9 bytes), e.g. 11.7")
+    which.add_argument("--vram-gb", type=float, help="VRAM in GB the model and the KV cache of --context must fit")
+    p.add_argument("--context", type=_positive, help="tokens of F16 KV cache that must fit beside the model "
+                                                     "(with --vram-gb)")
+    p.add_argument("--warm-start", action="append", metavar="STUDY", help="fit on this study's rows too")
+    p.add_argument("--out-map", help="write the map (every tensor -> type) as JSON, for build --map")
+    p.add_argument("--verify", action="store_true", help="measure the map as one trial of the study (one new row)")
+    p.add_argument("--space", help="the space file (default: the one recorded with the study)")
+    p.add_argument("--source", help="the source model (default: the one recorded with the study)")
+    p.add_argument("--num-cpus", type=_positive, help="CPUs of the local Ray for --verify")
+    p.add_argument("--cpus-per-trial", type=_cpus, default=1.0)
+    p.add_argument("--gpus-per-trial", type=_fraction_of_gpus, default=0.0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_solve)
 
     p = sub.add_parser("export", help="build the chosen trial's map from the source, with a recipe and a card")
     p.add_argument("--store", required=True)

@@ -43,6 +43,7 @@ __all__ = [
     "hypervolume",
     "knee_point",
     "pareto_mask",
+    "prediction_check",
     "rows_for_fronts",
 ]
 
@@ -451,3 +452,37 @@ def rows_for_fronts(store_dir: str, studies: list[str] | None) -> tuple[list[dic
     search = [r for r in rows if r["strategy"] not in store.REFERENCE_STRATEGIES]
     refs = [r for r in rows if r["strategy"] in store.REFERENCE_STRATEGIES and r["status"] == "complete"]
     return search, refs
+
+
+def prediction_check(rows: Sequence[Mapping]) -> dict | None:
+    """How the predictions stored with rows (the guided strategy's and solve's, made before each trial ran) compare
+    with what the trials measured: count, rank correlation, share within 2 standard errors, median relative error,
+    per phase, and the worst misses. None when no complete row carries a prediction."""
+    from .surrogate import spearman
+
+    hits = [r for r in rows if r.get("status") == "complete" and r.get("predicted_kld") is not None
+            and r.get("kld") is not None]
+    if not hits:
+        return None
+
+    def summary(group: Sequence[Mapping]) -> dict:
+        pred = np.array([r["predicted_kld"] for r in group], dtype=np.float64)
+        se = np.array([r.get("predicted_kld_se") or 0.0 for r in group], dtype=np.float64)
+        meas = np.array([r["kld"] for r in group], dtype=np.float64)
+        rho = spearman(pred, meas) if len(group) > 2 else float("nan")
+        return {"n": len(group), "spearman": None if math.isnan(rho) else rho,
+                "within_2se": float(np.mean(np.abs(meas - pred) <= 2 * se)),
+                "median_relative_error": float(np.median(np.abs(meas - pred) / np.maximum(np.abs(meas), 1e-12)))}
+
+    phases: dict[str, list[Mapping]] = {}
+    for r in hits:
+        phases.setdefault(r.get("phase") or r.get("strategy") or "", []).append(r)
+
+    def z(r):
+        return abs(r["kld"] - r["predicted_kld"]) / max(r.get("predicted_kld_se") or 0.0, 1e-12)
+
+    worst = sorted(hits, key=z, reverse=True)[:3]
+    return {**summary(hits), "by_phase": {k: summary(v) for k, v in phases.items()},
+            "worst": [{"trial_id": r["trial_id"], "phase": r.get("phase"), "predicted_kld": r["predicted_kld"],
+                       "predicted_kld_se": r.get("predicted_kld_se"), "kld": r["kld"], "bpw": r.get("bpw")}
+                      for r in worst]}

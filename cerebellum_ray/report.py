@@ -114,6 +114,37 @@ def budget(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "nodes": sorted({r["node"] for r in rows if r.get("node")})}
 
 
+def _predictions_html(store_dir: str, study: str, rows: list[dict[str, Any]]) -> list[str]:
+    """The guided strategy's predictions against the measurements, and the interactions the rows support."""
+    from .guided import study_departures
+    from .pareto import prediction_check
+
+    check = prediction_check(rows)
+    if check is None:
+        return []
+    rho = "-" if check["spearman"] is None else f"{check['spearman']:.3f}"
+    out = [f"<h2>Predicted vs measured KLD</h2><p>{check['n']} rows carry the surrogate's prediction made before "
+           f"they ran: Spearman {rho}, {100 * check['within_2se']:.0f}% within 2 standard errors, median relative "
+           f"error {100 * check['median_relative_error']:.1f}%.</p><table><tr><th>phase</th><th>rows</th>"
+           "<th>Spearman</th><th>within 2 SE</th></tr>"]
+    for phase, q in check["by_phase"].items():
+        r = "-" if q["spearman"] is None else f"{q['spearman']:.3f}"
+        out.append(f"<tr><td>{html.escape(phase)}</td><td>{q['n']}</td><td>{r}</td>"
+                   f"<td>{100 * q['within_2se']:.0f}%</td></tr>")
+    out.append("</table>")
+    try:
+        departures = study_departures(store_dir, study)
+    except CerebellumError as exc:
+        return out + [f"<p>Interactions not computed: {html.escape(str(exc))}</p>"]
+    if not departures:
+        return out + ["<p>No pair of choices departs from additivity by more than 3 standard errors.</p>"]
+    out.append("<h3>Pairs whose joint effect departs from the sum of their effects (&gt; 3 SE)</h3><table><tr>"
+               "<th>choice</th><th>with</th><th>departure (KLD)</th><th>z</th></tr>")
+    out.extend(f"<tr><td>{html.escape(d['a'])}={d['type_a']}</td><td>{html.escape(d['b'])}={d['type_b']}</td>"
+               f"<td>{d['departure']:+.5f}</td><td>{d['z']:+.1f}</td></tr>" for d in departures[:20])
+    return out + ["</table>"]
+
+
 def write_report(store_dir: str, study: str, out: str) -> Path:
     from .store import REFERENCE_STRATEGIES
     from .pareto import compute_fronts
@@ -141,6 +172,7 @@ def write_report(store_dir: str, study: str, out: str) -> Path:
                          f"<td>{p['kld']:.5f} &plusmn; {p['kld_se'] or 0:.5f}</td><td>{p['ppl']:.3f}</td>"
                          f"<td>{_map_summary(p['map'])}</td></tr>")
         parts.append("</table>")
+    parts.extend(_predictions_html(store_dir, study, search))
     sens = ablation_sensitivities(rows)
     if any(sens.values()):
         parts.append("<h2>Ablation sensitivities</h2>")

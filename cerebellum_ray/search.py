@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from . import store
 from .catalog import load_catalog
 from .search_runtime import (  # noqa: F401  (SearchOptions, SearchResult, prepare, ... are this module's API too)
-    SearchOptions, SearchResult, init_ray, make_callbacks, prepare, trial_resources, with_base,
+    SearchOptions, SearchResult, init_ray, make_callbacks, point_key, prepare, trial_resources, with_base,
 )
 # Tune experiments stored before search_runtime.py existed hold callbacks pickled with references to these names in
 # this module (e.g. cerebellum_ray.search._RayMetrics): they stay importable from here so that `--resume` of such an
@@ -54,9 +54,11 @@ def _make_searcher_class():
         (2) answers a duplicate map from results already known instead of running it again, (3) tells trials
         stopped early as PRUNED, never COMPLETE with partial values."""
 
-        def __init__(self, ctx: TrialContext, known: Mapping[str, list[float]], **kwargs):
+        def __init__(self, ctx: TrialContext, known: Mapping[str, list[float]], predict=None, **kwargs):
             space = ctx.space
             self.ctx = ctx
+            self.predict = predict  # point -> columns stored with its row (the guided strategy's predictions)
+            self.extra: dict[str, dict] = {}
             self.known: dict[str, list[float]] = dict(known)
             self.point_hash: dict[str, str] = {}
             self.skipped = {"duplicate": 0, "infeasible": 0}
@@ -70,7 +72,7 @@ def _make_searcher_class():
             for _ in range(200):
                 ot_trial = self._ot_study.ask(fixed_distributions=self._space)
                 point = dict(ot_trial.params)
-                pmap = self.ctx.space.map_for(catalog, point)
+                pmap = self.ctx.space.map_for(catalog, point, has_imatrix=self.ctx.imatrix_path is not None)
                 size = _map_size(catalog, pmap)
                 over = _constraint_excess(self.ctx.space, size, catalog)
                 if over > 0:
@@ -86,6 +88,8 @@ def _make_searcher_class():
                     continue
                 self._ot_trials[trial_id] = ot_trial
                 self.point_hash[trial_id] = pmap.digest
+                if self.predict is not None:
+                    self.extra[point_key(point)] = self.predict(point)
                 return {**point, "optuna_trial": ot_trial.number}
             log.warning("200 proposals in a row were duplicates or infeasible: the space looks exhausted")
             return None
@@ -224,8 +228,10 @@ def known_results(store_dir: str, study: str, ctx: TrialContext) -> dict[str, li
 
 
 
-def run_optuna(opts: SearchOptions) -> SearchResult:
-    """Run (or resume) an Optuna study on Ray Tune; every finished trial lands in the store."""
+def run_optuna(opts: SearchOptions, strategy: str = "optuna", predict=None) -> SearchResult:
+    """Run (or resume) an Optuna study on Ray Tune; every finished trial lands in the store as a row of `strategy`.
+    `predict`: point -> further columns of its row, computed when the point is proposed (the guided strategy's tail
+    stores the surrogate's prediction this way)."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -244,13 +250,17 @@ def run_optuna(opts: SearchOptions) -> SearchResult:
                if space.sampler == "nsga2" else optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(
                    4, n_trials // 4)))
     Searcher = _make_searcher_class()
-    searcher = Searcher(ctx, known_results(str(store_dir), opts.study, ctx), sampler=sampler, storage=storage,
-                        study_name=opts.study, seed=seed)
-    if opts.warm_start and not opts.resume:
+    searcher = Searcher(ctx, known_results(str(store_dir), opts.study, ctx), predict=predict, sampler=sampler,
+                        storage=storage, study_name=opts.study, seed=seed)
+    storage_path = opts.storage_path or str(store_dir / "_tune")
+    experiment = storage_path.rstrip("/") + "/" + opts.study  # also right for s3://bucket/path
+    restoring = opts.resume and tune.Tuner.can_restore(experiment)
+    if opts.warm_start and not restoring:
         seeds = warm_start_points(str(store_dir), opts.warm_start, ctx)
         add_finished_trials(searcher._ot_study, space, seeds)
         for point, values in seeds:
-            searcher.known[space.map_for(load_catalog(ctx.source), point).digest] = values
+            searcher.known[space.map_for(load_catalog(ctx.source), point,
+                                         has_imatrix=ctx.imatrix_path is not None).digest] = values
         print(f"warm start: {len(seeds)} finished trials from {', '.join(opts.warm_start)}", file=sys.stderr)
     from ray.tune.search import ConcurrencyLimiter
 
@@ -265,11 +275,9 @@ def run_optuna(opts: SearchOptions) -> SearchResult:
                                   grace_period=min(2, n_chunks), reduction_factor=3)
     elif opts.scheduler == "dominance":
         stopper = _make_dominance_stopper(space, _known_size_quality(space, searcher.known.values()))
-    storage_path = opts.storage_path or str(store_dir / "_tune")
-    experiment = storage_path.rstrip("/") + "/" + opts.study  # also right for s3://bucket/path
     trainable = tune.with_resources(tune.with_parameters(ray_trainable, ctx=ctx), resources)
-    callbacks = make_callbacks(ctx, opts, "optuna")
-    if opts.resume and tune.Tuner.can_restore(experiment):
+    callbacks = make_callbacks(ctx, opts, strategy, extra=searcher.extra)
+    if restoring:
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False, param_space=None)
         _restore_callbacks(tuner, callbacks)
@@ -350,4 +358,8 @@ def run_search(opts: SearchOptions) -> SearchResult:
         from .ablation import run_ablation
 
         return run_ablation(opts)
+    if opts.strategy == "guided":
+        from .guided import run_guided
+
+        return run_guided(opts, run_optuna)  # its NSGA-II tail (passed in: guided.py does not import this module)
     return run_optuna(opts)

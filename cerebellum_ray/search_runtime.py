@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from . import __version__, store
 from .catalog import load_catalog
@@ -111,6 +111,7 @@ def prepare(opts: SearchOptions, work_dir: Path | None = None) -> TrialContext:
                                           + ([code_reference.key.digest] if code_reference else [])
                                           + (["chat"] if chat else [])
                                           ).encode()).hexdigest()
+    record_study(opts, eval_hash)
     return TrialContext(
         study=opts.study, source=str(Path(opts.source).resolve()), space=space, eval_text=text, eval_hash=eval_hash,
         reference=reference, imatrix_path=str(Path(opts.imatrix).resolve()) if opts.imatrix else None,
@@ -121,6 +122,39 @@ def prepare(opts: SearchOptions, work_dir: Path | None = None) -> TrialContext:
         store_dir=str(Path(opts.store_dir).resolve()),
         mc_items=mc_items, code_text=code_text, code_reference=code_reference, chat=chat,
     )
+
+
+STUDIES_DIR = "_studies"
+
+
+def study_record_path(store_dir: str | os.PathLike, study: str) -> Path:
+    return Path(store_dir) / STUDIES_DIR / f"{store.safe_name(study)}.json"
+
+
+def record_study(opts: SearchOptions, eval_hash: str) -> None:
+    """What a study ran on, beside its rows (<store>/_studies/<study>.json): the space file, source, imatrix, base
+    and evaluation digest, so that `solve` and `verify` need only --store and --study. Each run rewrites it."""
+    from .atomic import write_text
+
+    path = study_record_path(opts.store_dir, opts.study)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"study": opts.study, "space_file": str(Path(opts.space_file).resolve()),
+              "source": str(Path(opts.source).resolve()),
+              "imatrix": str(Path(opts.imatrix).resolve()) if opts.imatrix else None,
+              "reference": str(Path(opts.reference).resolve()) if opts.reference else None,
+              "base": opts.base, "eval_hash": eval_hash, "cache_dir": opts.cache_dir, "strategy": opts.strategy}
+    write_text(path, json.dumps(record, indent=1) + "\n")
+
+
+def read_study(store_dir: str | os.PathLike, study: str) -> dict[str, Any]:
+    """The record `record_study` wrote; StudyNotFound (naming the store's studies) when there is none."""
+    path = study_record_path(store_dir, study)
+    if not path.exists():
+        known = sorted(json.loads(p.read_text()).get("study", p.stem) for p in (Path(store_dir) / STUDIES_DIR).glob(
+            "*.json"))
+        raise SpaceError(f"{store_dir}: no record of study {study!r} (its search writes {path}); studies recorded "
+                         f"here: {', '.join(known) or 'none'}; give --space and --source for an older study")
+    return json.loads(path.read_text())
 
 
 def _study_reference(ref_model: str, digest: str, text: str, ev, chat=None):
@@ -191,7 +225,15 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def make_callbacks(ctx: TrialContext, opts: SearchOptions, strategy: str, labels: Mapping[str, str] | None = None):
+def point_key(point: Mapping[str, int]) -> str:
+    """How a (partial) point is named in `labels` and `extra`: its JSON with sorted keys."""
+    return json.dumps(dict(sorted(point.items())))
+
+
+def make_callbacks(ctx: TrialContext, opts: SearchOptions, strategy: str, labels: Mapping[str, str] | None = None,
+                   extra: Mapping[str, Mapping[str, Any]] | None = None):
+    """The driver's callbacks: the store writer (every finished trial one row; `labels` and `extra` {point_key:
+    columns} add a label and further columns, e.g. a prediction made before the trial ran) and progress."""
     from ray import tune
 
     catalog = load_catalog(ctx.source)
@@ -217,8 +259,8 @@ def make_callbacks(ctx: TrialContext, opts: SearchOptions, strategy: str, labels
                 return spec, spec.get("label"), map_from_spec(ctx, spec)
             source = trial.config[POINT_KEY] if POINT_KEY in trial.config else trial.config
             point = {d.param: int(source[d.param]) for d in ctx.space.dimensions if d.param in source}
-            pmap = ctx.space.map_for(catalog, point)
-            return point, (labels or {}).get(json.dumps(point, sort_keys=True)), pmap
+            pmap = ctx.space.map_for(catalog, point, has_imatrix=ctx.imatrix_path is not None)
+            return point, (labels or {}).get(point_key(point)), pmap
 
         def _row(self, trial, status: str, error: str | None = None) -> dict[str, Any]:
             params, label, pmap = self._what(trial)
@@ -230,6 +272,8 @@ def make_callbacks(ctx: TrialContext, opts: SearchOptions, strategy: str, labels
             }
             if pmap is not None:
                 row.update(map=dict(pmap.types), map_hash=pmap.digest, n_changed=len(pmap.changed_from(_base_map())))
+            if extra and isinstance(params, dict) and MAP_KEY not in trial.config:
+                row.update(extra.get(point_key(params), {}))
             result = trial.last_result or {}
             row.update({c: result[c] for c in store.SCHEMA.names if c in result and c not in row})
             return row
@@ -252,7 +296,7 @@ def make_callbacks(ctx: TrialContext, opts: SearchOptions, strategy: str, labels
         if base_map is None:
             from .precision_map import resolve
 
-            base_map = resolve(catalog, ctx.space.base)
+            base_map = resolve(catalog, ctx.space.base, has_imatrix=ctx.imatrix_path is not None)
         return base_map
 
     callbacks = [StoreCallback()]
@@ -369,3 +413,27 @@ class SearchResult:
     experiment_path: str
     n_trials: int
     skipped: dict[str, int] = field(default_factory=dict)
+
+
+def run_points(ctx: TrialContext, opts: SearchOptions, resources, points: Sequence[Mapping[str, int]],
+               strategy: str, phase: str, labels: Mapping[str, str] | None = None,
+               extra: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Run (partial) points of the space as one Ray Tune experiment (a grid over them), every finished trial a row
+    of `strategy` in the store. Callers skip points already measured (the store is their memory)."""
+    from ray import tune
+
+    from .trial import ray_trainable
+
+    if not points:
+        return
+    store_dir = Path(opts.store_dir).resolve()
+    trainable = tune.with_resources(tune.with_parameters(ray_trainable, ctx=ctx), resources)
+    tune.Tuner(
+        trainable,
+        param_space={POINT_KEY: tune.grid_search([dict(p) for p in points])},
+        tune_config=tune.TuneConfig(reuse_actors=False),
+        run_config=tune.RunConfig(
+            name=f"{ctx.study}-{phase}-{int(time.time())}", storage_path=opts.storage_path or str(store_dir / "_tune"),
+            callbacks=make_callbacks(ctx, opts, strategy, labels, extra),
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures), verbose=0),
+    ).fit()

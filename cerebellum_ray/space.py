@@ -273,7 +273,7 @@ def space_from_data(data: Any, catalog: ModelCatalog, source_file: str = "<space
     except SizeError as exc:
         raise SpaceError(f"{source_file}: {exc}") from None
     if "vram" in constraints:
-        max_size = _vram_budget(constraints["vram"], catalog, max_size)
+        max_size = vram_budget(constraints["vram"], catalog, max_size)
         if max_size <= 0:
             raise SpaceError(f"{source_file}: constraints.vram {dict(constraints['vram'])} leaves no room for the "
                              "model after the KV cache; give more gb or a smaller context")
@@ -312,7 +312,7 @@ def _beside(source_file: str, path: str, key: str) -> str:
     return resolved
 
 
-def _vram_budget(vram: Any, catalog: ModelCatalog, max_size: int | None) -> int:
+def vram_budget(vram: Any, catalog: ModelCatalog, max_size: int | None) -> int:
     """'Fits N GB of VRAM with context C': the file must leave room for the KV cache of C tokens (F16 K and V)
     plus a fixed 5% compute allowance."""
     if not isinstance(vram, Mapping) or "gb" not in vram:

@@ -32,7 +32,7 @@ REFERENCE_STRATEGIES = ("preset", "fixed", "reference")
 COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("study", pa.string(), "study name"),
     ("trial_id", pa.string(), "Ray Tune trial id (or a name for reference rows)"),
-    ("strategy", pa.string(), "optuna | ablation | preset | reference | fixed"),
+    ("strategy", pa.string(), "optuna | guided | ablation | solve | preset | reference | fixed"),
     ("status", pa.string(), "complete | pruned | failed | infeasible | duplicate"),
     ("error", pa.string(), "error message of a failed trial"),
     ("label", pa.string(), "a human name: preset name, ablation step, ..."),
@@ -40,6 +40,9 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("map_hash", pa.string(), "sha256 of the sorted map (PrecisionMap.digest)"),
     ("params", pa.string(), "the search point as JSON"),
     ("optuna_trial", pa.int32(), "number of the Optuna trial that proposed it (optuna strategy)"),
+    ("phase", pa.string(), "what proposed it within its strategy (guided: sensitivity | solved | explore | nsga2)"),
+    ("predicted_kld", _F, "the surrogate's KLD for this map, predicted before the trial ran (guided, solve)"),
+    ("predicted_kld_se", _F, "the standard error of that prediction"),
     ("n_changed", pa.int32(), "tensors whose type differs from the space's base map"),
     ("size_bytes", pa.int64(), "exact file size of the built GGUF"),
     ("bpw", _F, "bits per weight of the tensor data"),
@@ -75,6 +78,11 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
 )
 SCHEMA = pa.schema([(name, typ) for name, typ, _ in COLUMNS])
 FLOAT_COLUMNS = tuple(name for name, typ, _ in COLUMNS if typ == _F)
+
+
+def safe_name(name: str) -> str:
+    """A file name for `name`: its safe characters (at most 80) and a digest of the whole (never two names alike)."""
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:80]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 
 def _file_name(study: str, trial_id: str) -> str:

@@ -660,7 +660,7 @@ class Surrogate:
         return tuple(sorted(out, key=lambda x: -abs(x.z)))
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
     def ranks(x):
         order = np.argsort(x, kind="stable")
         r = np.empty(len(x))
@@ -757,7 +757,7 @@ def fit_surrogate(table: ChoiceTable, observations: Sequence[Observation], prior
     quality = FitQuality(
         n_rows=len(obs), r2=r2, loo_rmse=float(np.sqrt(np.mean((e_loo * scale) ** 2))),
         loo_rel_rmse=float(np.sqrt(np.mean((e_loo / np.where(y != 0, y, 1.0)) ** 2))),
-        loo_spearman=_spearman(loo_pred, y_raw), effective_params=float(fit.h.sum()),
+        loo_spearman=spearman(loo_pred, y_raw), effective_params=float(fit.h.sum()),
         misfit=math.sqrt(fit.tau2), lambda_levels=lams[0] / unit, lambda_families=lams[1] / unit,
         lambda_dims=lams[2] / unit, prior_coefficient=g,
         prior_coefficient_se=g_se,

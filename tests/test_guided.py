@@ -1,0 +1,113 @@
+"""The guided strategy and `solve`, end to end on Ray with the tiny MoE (the math of prior, surrogate and solver is
+tested in test_prior.py, test_surrogate.py and test_solver.py)."""
+
+import llama_cpp  # noqa: F401
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cerebellum_ray import store
+from cerebellum_ray.catalog import load_catalog
+from cerebellum_ray.guided import GuidedError, check_objectives, sensitivity_proposals
+from cerebellum_ray.search import SearchOptions, run_search
+from cerebellum_ray.solve import SolveError, make_budget, solve_study
+from cerebellum_ray.space import load_space
+
+SPACE = str(Path("search_spaces/tiny-gemma4.yaml").resolve())
+
+
+def test_sensitivities_start_at_the_base_and_take_each_familys_cheapest_type_first(tiny_models):
+    cat = load_catalog(tiny_models["gemma4"])
+    space = load_space(SPACE, cat)
+    props = sensitivity_proposals(space, cat, has_imatrix=False, limit=8)
+    assert [p.label for p in props[:1]] == ["base"] and props[0].point == {}
+    assert len(props) == 8 and all(p.phase == "sensitivity" and p.predicted_kld is None for p in props)
+    first_round = [p.label for p in props[1:6]]  # one move per family before any family's second move
+    assert first_round == ["group attn_q=Q2_K", "group attn_k=Q2_K", "group ffn_gate_up=Q2_K",
+                           "group experts_gate_up=Q2_K", "layer router.L0=Q4_0"]
+    assert all(p.label.split("=")[1] != "Q2_K" for p in props[6:])
+
+
+def test_guided_needs_kld_among_the_objectives(tiny_models, tmp_path):
+    cat = load_catalog(tiny_models["gemma4"])
+    f = tmp_path / "ppl.yaml"
+    f.write_text(Path(SPACE).read_text().replace("objectives: [kld, size]", "objectives: [ppl, size]"))
+    with pytest.raises(GuidedError, match=r"need kld \(e.g. objectives: \[kld, size\]\)"):
+        check_objectives(load_space(f, cat))
+
+
+def test_budgets_are_refused_unless_exactly_one_is_given():
+    with pytest.raises(SolveError, match="give one budget"):
+        make_budget(max_bpw=4.5, max_gb=1.0)
+    with pytest.raises(SolveError, match="give one budget"):
+        make_budget()
+    with pytest.raises(SolveError, match="go together"):
+        make_budget(vram_gb=24)
+    with pytest.raises(SolveError, match="must be positive"):
+        make_budget(max_bpw=-1)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "cerebellum_ray.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_guided_search_then_solve_and_verify(tiny_models, tmp_path):
+    """guided on Ray: sensitivities from the base, then solved maps with their predictions stored before they ran,
+    a non-empty front; solve answers a budget from the store alone with a map `build --map` takes; --verify adds
+    exactly one row."""
+    source = str(tiny_models["gemma4"])
+    store_dir = tmp_path / "store"
+    opts = SearchOptions(space_file=SPACE, source=source, study="g", store_dir=str(store_dir), strategy="guided",
+                         trials=12, verbose=False, cache_dir=str(tmp_path / "cache"), num_cpus=2, seed=0)
+    run_search(opts)
+    import ray
+
+    ray.shutdown()
+    rows = store.rows(store_dir, ["g"])
+    assert len(rows) == 12 and {r["strategy"] for r in rows} == {"guided"}
+    by_phase = {}
+    for r in rows:
+        by_phase.setdefault(r["phase"], []).append(r)
+    assert {"sensitivity", "solved"} <= set(by_phase)
+    assert any(r["label"] == "base" and r["n_changed"] == 0 for r in by_phase["sensitivity"])
+    assert all(r["predicted_kld"] is None for r in by_phase["sensitivity"])
+    solved = [r for r in by_phase["solved"] if r["status"] == "complete"]
+    assert solved and all(r["predicted_kld"] > 0 and r["predicted_kld_se"] > 0 for r in solved)
+    assert len({r["map_hash"] for r in rows}) == 12  # nothing measured twice
+    record = json.loads(next((store_dir / "_studies").glob("*.json")).read_text())
+    assert record["source"] == str(Path(source).resolve()) and record["strategy"] == "guided"
+
+    r = _cli("pareto", "--store", store_dir, "--study", "g", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["fronts"][0]["points"], r.stderr
+
+    sizes = sorted(r["bpw"] for r in solved)
+    budget = (sizes[0] + sizes[-1]) / 2
+    result = solve_study(str(store_dir), "g", make_budget(max_bpw=budget))
+    assert result.bpw <= budget and result.predicted["kld_se"] > 0 and result.fit["rows"] >= 3
+    again = solve_study(str(store_dir), "g", make_budget(max_bpw=budget))
+    assert again.map == result.map  # re-solving needs no new trial and gives the same answer
+
+    map_file, out = tmp_path / "solved.json", tmp_path / "solved.gguf"
+    r = _cli("solve", "--store", store_dir, "--study", "g", "--max-bpw", budget, "--out-map", map_file, "--json")
+    assert r.returncode == 0, r.stderr
+    answer = json.loads(r.stdout)
+    assert set(answer) >= {"map", "bpw", "size_bytes", "predicted", "measured"} and answer["map"] == dict(result.map)
+    r = _cli("build", "--source", source, "--map", map_file, "--out", out, "--no-cache", "--json")
+    assert r.returncode == 0, r.stderr
+    assert out.stat().st_size == answer["size_bytes"]
+
+    n = len(store.rows(store_dir, ["g"]))
+    r = _cli("solve", "--store", store_dir, "--study", "g", "--max-bpw", budget, "--verify", "--num-cpus", 2, "--json")
+    assert r.returncode == 0, r.stderr
+    verified = json.loads(r.stdout)["verified"]
+    after = store.rows(store_dir, ["g"])
+    assert len(after) == n + 1
+    row = next(x for x in after if x["trial_id"] == verified["trial_id"])
+    assert row["strategy"] == "solve" and row["phase"] == "verify" and dict(row["map"]) == answer["map"]
+    assert row["predicted_kld"] == pytest.approx(answer["predicted"]["kld"]) and row["kld"] == verified["kld"]
