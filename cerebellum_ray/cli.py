@@ -267,16 +267,15 @@ def cmd_imatrix(args) -> int:
     from ._llama import llama_cpp  # noqa: F401  (before numpy)
     from .imatrix_collect import CollectSettings, compute_imatrix
 
-    # --chat-text FILE (calibration text rendered through the model's chat template) goes here: another person's
-    # work, not implemented. Render it to bytes and pass them as compute_imatrix(text=..., dataset=NAME) instead of
-    # text_file; keep it mutually exclusive with --text.
     settings = CollectSettings(n_ctx=args.ctx, n_chunks=args.chunks, n_threads=args.threads,
                                n_gpu_layers=args.n_gpu_layers)
-    report = compute_imatrix(args.model, args.out, text_file=args.text, settings=settings, fmt=args.format)
+    report = compute_imatrix(args.model, args.out, text_file=args.text, chat_file=args.chat_text, settings=settings,
+                             fmt=args.format)
     if args.json:
         _print_json(report.as_dict())
         return 0
-    text = report.datasets[0] if args.text else f"the built-in corpus ({report.datasets[0]})"
+    text = (report.datasets[0] if args.text else f"the conversations of {report.datasets[0]} (chat template)"
+            if args.chat_text else f"the built-in corpus ({report.datasets[0]})")
     print(f"wrote {report.out} ({report.format}): {report.n_entries} matrices ({report.n_expert_entries} with "
           f"per-expert counts), {report.n_chunks} chunks of {report.chunk_size} tokens from {text} "
           f"({report.n_tokens} tokens; up to {report.n_seq} chunks per decode), chunk_count {report.chunk_count}, "
@@ -978,7 +977,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="the GGUF to evaluate (usually the full-precision source)")
     p.add_argument("--text", help="calibration text file, read as llama-imatrix -f reads it (one trailing newline "
                                   "dropped; recorded in the file under this name); default: the built-in corpus")
-    # --chat-text FILE: reserved (chat-rendered calibration text; see cmd_imatrix), not implemented yet
+    p.add_argument("--chat-text", metavar="FILE",
+                   help="calibration conversations instead: JSONL of {\"messages\": [{\"role\", \"content\"}]}, "
+                        "rendered with the model's chat template (special tokens as tokens, as llama-imatrix "
+                        "--parse-special reads the rendered text); 'builtin' for the shipped corpus")
     p.add_argument("--out", required=True, help="the imatrix file to write (atomically; never the model or the text)")
     p.add_argument("--ctx", type=_positive, default=512, help="tokens per chunk, llama-imatrix's -c (512)")
     p.add_argument("--chunks", type=_positive, default=None, help="at most this many chunks (default: all)")

@@ -389,6 +389,14 @@ def model_files(path: str | os.PathLike) -> tuple[str, ...]:
     return tuple(p.path for p in split_parts(read_header(path)))
 
 
+def model_digest(path: str | os.PathLike, memo_dir: Path | None = None) -> str:
+    """sha256 of a model's bytes: of every part in order when `path` is the first part of a split model (so a
+    changed later part changes it), remembered per file state in `memo_dir` (see digests)."""
+    from .digests import file_digest
+
+    return file_digest(model_files(path), memo_dir)
+
+
 # ---- writing split models ----------------------------------------------------------------------------------------
 
 SPLIT_CUT_ALIGNMENT = 32  # llama-gguf-split counts each tensor's bytes padded to 32 when it decides where to cut

@@ -296,14 +296,26 @@ def _check_settings(settings: CollectSettings) -> None:
         )
 
 
-def collect_stats(model: str | os.PathLike, text: bytes | str, settings: CollectSettings = CollectSettings()
-                  ) -> CollectedStats:
-    """Evaluate `text` on `model` as llama-imatrix does and return its raw statistics (nothing written)."""
+def _chat_tokens(runner, model, conversations) -> np.ndarray:
+    """Every conversation rendered through the model's chat template (as chat-formatted scoring renders it, special
+    tokens as tokens), one after another: what llama-imatrix --parse-special reads from the rendered text."""
+    from .catalog import load_catalog
+    from .chat import render
+
+    template = load_catalog(model).kv.get("tokenizer.chat_template")
+    return np.concatenate([render(runner, template, c, os.fspath(model)).tokens for c in conversations])
+
+
+def collect_stats(model: str | os.PathLike, text: bytes | str | None, settings: CollectSettings = CollectSettings(),
+                  conversations=None) -> CollectedStats:
+    """Evaluate `text` (or the `conversations`, rendered with the model's chat template) on `model` as llama-imatrix
+    does and return its raw statistics (nothing written)."""
     from .llama_runner import LlamaRunner, RunnerConfig
 
     _check_settings(settings)
     _ggml.check_op_enums()
-    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    if (text is None) == (conversations is None):
+        raise ImatrixCollectError("give a calibration text or conversations, exactly one of them")
     n_ctx, n_seq, n_batch = settings.n_ctx, settings.n_seq, settings.context_batch
     collector = _Collector()
     config = RunnerConfig(n_ctx=n_ctx, n_seq=n_seq, n_batch=n_batch, n_gpu_layers=settings.n_gpu_layers,
@@ -314,10 +326,15 @@ def collect_stats(model: str | os.PathLike, text: bytes | str, settings: Collect
                 f"{model}: the vocabulary appends an end-of-sequence token to every text; llama-imatrix refuses such "
                 "models for generation (it asserts !add_eos): use llama-imatrix's own rules for embedding models"
             )
-        tokens = runner.tokenize(data, add_bos=True, parse_special=False)
+        if conversations is not None:
+            tokens = _chat_tokens(runner, model, conversations)
+        else:
+            data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+            tokens = runner.tokenize(data, add_bos=True, parse_special=False)
         if len(tokens) < 2 * n_ctx:
             raise ImatrixCollectError(
-                f"the calibration text tokenizes to {len(tokens)} tokens; a context of {n_ctx} needs at least "
+                f"the calibration {'conversations render' if conversations is not None else 'text tokenizes'} to "
+                f"{len(tokens)} tokens; a context of {n_ctx} needs at least "
                 f"{2 * n_ctx} (llama-imatrix's rule): give a longer text or a smaller --ctx"
             )
         n_chunk_max = len(tokens) // n_ctx
@@ -357,6 +374,7 @@ def compute_imatrix(
     *,
     text: bytes | str | None = None,
     text_file: str | os.PathLike | None = None,
+    chat_file: str | os.PathLike | None = None,
     dataset: str | None = None,
     settings: CollectSettings = CollectSettings(),
     fmt: str = "gguf",
@@ -366,23 +384,31 @@ def compute_imatrix(
 
     The text is `text_file` (read as llama-imatrix's ``-f`` reads it, and recorded under the name given, as
     llama-imatrix records it), or `text` as it is (recorded as `dataset`; none recorded without one, as llama-imatrix
-    records none without ``-f``), or neither: the built-in corpus, recorded as DEFAULT_TEXT_NAME. `out` is refused
-    if it is the model, the text file or any of `inputs` ({what: path}).
+    records none without ``-f``), or `chat_file`: a JSONL of conversations ({"messages": [...]}, or "builtin" for
+    the shipped corpus) rendered with the model's chat template, special tokens as tokens (llama-imatrix
+    --parse-special on the rendered text; recorded under the file's name), or none: the built-in corpus, recorded as
+    DEFAULT_TEXT_NAME. `out` is refused if it is the model, the text file or any of `inputs` ({what: path}).
     """
     from .atomic import check_destination, refuse_inputs
 
     if fmt not in FORMATS:
         raise ImatrixCollectError(f"unknown imatrix format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if text is not None and text_file is not None:
-        raise ImatrixCollectError("give the calibration text or a text file, not both")
+    if sum(x is not None for x in (text, text_file, chat_file)) > 1:
+        raise ImatrixCollectError("give one calibration input: a text, a text file or a chat file (--text or "
+                                  "--chat-text), not several")
     if dataset is not None and text is None:
         raise ImatrixCollectError("a dataset name goes with a text given as such; a text file is recorded by its name")
-    guarded = {"model": model, "calibration text": text_file, **(inputs or {})}
+    guarded = {"model": model, "calibration text": text_file, "chat text": chat_file, **(inputs or {})}
     check_destination(out)
     refuse_inputs(out, guarded)  # before the long evaluation: a bad output is refused at once
     if not Path(model).is_file():
         raise ImatrixCollectError(f"{model}: no such model file")
-    if text_file is not None:
+    conversations = None
+    if chat_file is not None:
+        from .chat import load_conversations
+
+        conversations, data, dataset = load_conversations(chat_file), None, os.fspath(chat_file)
+    elif text_file is not None:
         data, dataset = read_text_file(text_file), os.fspath(text_file)
     elif text is not None:
         data = text
@@ -390,7 +416,7 @@ def compute_imatrix(
         data, dataset = default_calibration_text(), DEFAULT_TEXT_NAME
     datasets = (dataset,) if dataset else ()
     started = time.monotonic()
-    collected = collect_stats(model, data, settings)
+    collected = collect_stats(model, data, settings, conversations)
     write_collected_imatrix(out, collected.stats, fmt=fmt, datasets=datasets, chunk_count=collected.chunk_count,
                             chunk_size=collected.chunk_size, inputs=guarded)
     return ImatrixReport(
@@ -402,7 +428,37 @@ def compute_imatrix(
     )
 
 
+def made_imatrix(model: str | os.PathLike, cache_dir: str | os.PathLike | None, *, text: str | None = None,
+                 chat_text: str | None = None, settings: CollectSettings = CollectSettings()) -> Path:
+    """The importance matrix of `model` on a calibration text (a file, "builtin" or None: the built-in corpus) or on
+    conversations (`chat_text`), made once and kept in `<cache_dir>/imatrix/` under a digest of the model's bytes,
+    the text's and the settings: a space's `imatrix: {text: ...}`."""
+    import hashlib
+    import json
+
+    from .gguf_io import model_digest
+    from .tensor_cache import default_cache_dir
+
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    what = {"model": model_digest(model, root / "digests"), "ctx": settings.n_ctx, "chunks": settings.n_chunks,
+            "batch": settings.n_batch}
+    for key, value in (("text", text), ("chat_text", chat_text)):
+        if value not in (None, "builtin"):
+            what[key] = hashlib.sha256(Path(value).read_bytes()).hexdigest()
+        elif value == "builtin" or (key == "text" and chat_text is None):
+            what[key] = "builtin"
+    name = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
+    out = root / "imatrix" / f"{name}.imatrix"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    chat_file = chat_text
+    text_file = text if text not in (None, "builtin") else None
+    compute_imatrix(model, out, text_file=text_file, chat_file=chat_file, settings=settings)
+    return out
+
+
 __all__ = [
     "CollectSettings", "CollectedStats", "ImatrixCollectError", "ImatrixReport", "collect_stats", "compute_imatrix",
-    "default_calibration_text", "filter_tensor_name", "read_text_file",
+    "default_calibration_text", "filter_tensor_name", "made_imatrix", "read_text_file",
 ]

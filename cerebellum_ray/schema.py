@@ -129,11 +129,30 @@ SPACE_SCHEMA: dict[str, Any] = {
                        "description": "multiple-choice JSONL files"},
                 "chat_text": {"type": ["string", "null"],
                               "description": "a JSONL file of {messages: [...]} conversations, or 'builtin'"},
+                "reference_logits": {"type": ["string", "null"],
+                                     "description": "a llama-perplexity --kl-divergence-base file: the reference "
+                                                    "(its tokens, context and chunks are the evaluation's)"},
                 "code": {"type": "boolean", "description": "true or false: score the code corpus too"},
                 "code_text": {"type": ["string", "null"],
                               "description": "a code file for kld_code/ppl_code (null: HumanEval's code)"},
             },
             "additionalProperties": False,
+        },
+        "imatrix": {
+            "description": "an importance matrix file (relative to the space file), or {text: FILE|builtin, "
+                           "chat_text: FILE|builtin, ctx: N, chunks: N} to have one made from that text",
+            "oneOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "object",
+                 "properties": {
+                     "text": {"type": "string", "minLength": 1},
+                     "chat_text": {"type": "string", "minLength": 1},
+                     "ctx": {"type": "integer", "minimum": 8, "maximum": 1 << 20},
+                     "chunks": {"type": ["integer", "null"], "minimum": 1},
+                 },
+                 "not": {"required": ["text", "chat_text"]},
+                 "additionalProperties": False},
+            ],
         },
         "search": {
             "type": ["object", "null"],

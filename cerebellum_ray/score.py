@@ -27,6 +27,7 @@ from .reference import (
     Reference, ReferenceKey, default_reference_dir, load_reference, save_reference, tokens_digest,
 )
 from .digests import file_digest
+from .gguf_io import model_digest as _model_digest
 
 DEFAULT_TOP_K = 128  # reference tokens kept exactly per position
 DEFAULT_TAIL_SAMPLES = 128  # tokens sampled from the rest of the vocabulary per position (KLD within 1 %: RESULTS)
@@ -318,7 +319,7 @@ def compute_reference(model_path: str | os.PathLike, spec: EvalSpec, config: Run
                 parts.append(tk)
                 nll.append(-tk.target_logprob.astype(np.float64))
     topk = concat_topk(parts)
-    key = ReferenceKey(model_digest or file_digest(model_path), units.digest, spec.n_ctx, units.n, topk.k,
+    key = ReferenceKey(model_digest or _model_digest(model_path), units.digest, spec.n_ctx, units.n, topk.k,
                        topk.tail_samples)
     return Reference(key, topk, str(model_path), float(math.exp(np.concatenate(nll).mean())))
 
@@ -335,7 +336,7 @@ def reference_for(reference_model: str | None, cache_path: str | None, spec: Eva
             raise ScoreError("KL divergence needs --reference REF.gguf or --reference-cache DIR")
         return load_reference(cache_path)
     memo = default_reference_dir() / "digests"
-    digest = file_digest(reference_model, memo)
+    digest = _model_digest(reference_model, memo)
     if cache_path is not None and Path(cache_path, "meta.json").exists():
         ref = load_reference(cache_path)
         if ref.key.model_digest != digest:

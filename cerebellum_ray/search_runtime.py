@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from collections.abc import Mapping, Sequence
@@ -72,7 +72,7 @@ def eval_text(space: SearchSpace) -> str:
 
 def prepare(opts: SearchOptions, work_dir: Path | None = None) -> TrialContext:
     """Validate the space against the model and compute the reference once (nothing runs if anything is wrong)."""
-    from .digests import file_digest
+    from .gguf_io import model_digest
     from .reference import default_reference_dir
 
     catalog = load_catalog(opts.source)
@@ -81,6 +81,8 @@ def prepare(opts: SearchOptions, work_dir: Path | None = None) -> TrialContext:
         space = with_base(space, catalog, opts.base)
     if opts.trials is not None and opts.trials < 1:
         raise SpaceError(f"--trials must be at least 1, got {opts.trials}")
+    if not opts.imatrix and space.imatrix is not None:  # --imatrix overrides the space's
+        opts = replace(opts, imatrix=str(space_imatrix(space, opts)))
     if opts.imatrix:
         from .build import check_imatrix_fits
         from .imatrix import load_imatrix
@@ -93,13 +95,17 @@ def prepare(opts: SearchOptions, work_dir: Path | None = None) -> TrialContext:
     mc_items = tuple(item for path in ev.mc for item in load_choice_items(path))  # read here, shipped to workers
     # KLD is always recorded (the reference pass runs once per study and is cached across studies)
     ref_model = opts.reference or opts.source
-    digest = file_digest(ref_model, default_reference_dir() / "digests")
+    digest = model_digest(ref_model, default_reference_dir() / "digests")
     chat = None
     if getattr(ev, "chat_text", None):
         from .chat import load_conversations
 
         chat = load_conversations(ev.chat_text)
-    reference = _study_reference(ref_model, digest, text, ev, chat)
+    if ev.reference_logits:
+        space, reference = _llama_file_reference(space)
+        ev = space.evaluation
+    else:
+        reference = _study_reference(ref_model, digest, text, ev, chat)
     code_text = code_reference = None
     if getattr(ev, "code", False):
         from .corpus import default_code_text
@@ -157,6 +163,34 @@ def read_study(store_dir: str | os.PathLike, study: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def space_imatrix(space: SearchSpace, opts: SearchOptions) -> Path:
+    """The importance matrix a space names: its file, or one made from its text (once per model and text, in the
+    tensor cache's directory)."""
+    spec = space.imatrix
+    if spec.path:
+        return Path(spec.path)
+    from .imatrix_collect import CollectSettings, made_imatrix
+
+    return made_imatrix(opts.source, opts.cache_dir, text=spec.text, chat_text=spec.chat_text,
+                        settings=CollectSettings(n_ctx=spec.ctx, n_chunks=spec.chunks))
+
+
+def _llama_file_reference(space: SearchSpace):
+    """The space with the evaluation a llama-perplexity --kl-divergence-base file defines (its context and chunks;
+    a space that sets others is refused) and that file's reference."""
+    from .score import llama_reference
+
+    ev = space.evaluation
+    ref = llama_reference(ev.reference_logits, ev.top_k, ev.tail_samples)
+    given = space.raw.get("evaluation") or {}
+    for key, value in (("ctx", ref.key.n_ctx), ("chunks", ref.key.n_chunks)):
+        if key in given and given[key] not in (None, value):
+            raise SpaceError(f"{space.source_file}: evaluation.{key} is {given[key]}, but {ev.reference_logits} was "
+                             f"made with {key} {value}: set {key}: {value} or leave it out")
+    space = replace(space, evaluation=replace(ev, ctx=ref.key.n_ctx, chunks=ref.key.n_chunks))
+    return space, _materialize(ref)
+
+
 def _study_reference(ref_model: str, digest: str, text: str, ev, chat=None):
     """The reference distributions of `text` under the space's evaluation, computed once and cached across
     studies (keyed by the model's digest, the text's, context, chunks, K and S), materialized for Ray."""
@@ -207,7 +241,8 @@ def _materialize(ref):
     t = ref.topk
     copy = TopK(*(None if a is None else np.array(a) for a in (t.ids, t.logprobs, t.log_rest, t.target_logprob,
                                                                 t.tail_ids, t.tail_logprobs)))
-    return Reference(ref.key, copy, ref.model_path, ref.ppl)
+    tokens = None if ref.tokens is None else np.array(ref.tokens)
+    return Reference(ref.key, copy, ref.model_path, ref.ppl, tokens=tokens, n_vocab=ref.n_vocab)
 
 
 # ---- driver-side callbacks ----------------------------------------------------------------------------------------

@@ -55,6 +55,19 @@ class Evaluation:
     chat_text: str | None = None  # conversations (JSONL path, or "builtin") instead of `text` for KLD / PPL
     code: bool = False  # score the code corpus too (kld_code, ppl_code); on when an objective needs it
     code_text: str | None = None  # path; None: the built-in code corpus (corpus.default_code_text)
+    reference_logits: str | None = None  # a llama-perplexity --kl-divergence-base file as the text's reference
+
+
+@dataclass(frozen=True)
+class ImatrixSpec:
+    """A space's `imatrix`: a file (`path`), or a calibration text (a file or "builtin") or conversations to make one
+    from, once per model and text (imatrix_collect.made_imatrix)."""
+
+    path: str | None = None
+    text: str | None = None  # None (and no chat_text): the built-in corpus
+    chat_text: str | None = None
+    ctx: int = 512
+    chunks: int | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,7 @@ class SearchSpace:
     trials: int = 32
     seed: int = 0
     source_file: str = ""
+    imatrix: ImatrixSpec | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -288,7 +302,12 @@ def space_from_data(data: Any, catalog: ModelCatalog, source_file: str = "<space
                    _beside(source_file, ev["chat_text"], "evaluation.chat_text") if ev.get("chat_text") else None),
         code=bool(ev.get("code", False)) or bool(ev.get("code_text")) or bool(set(CODE_OBJECTIVES) & set(objectives)),
         code_text=_beside(source_file, ev["code_text"], "evaluation.code_text") if ev.get("code_text") else None,
+        reference_logits=(_beside(source_file, ev["reference_logits"], "evaluation.reference_logits")
+                          if ev.get("reference_logits") else None),
     )
+    if evaluation.reference_logits and (evaluation.chat_text or evaluation.text):
+        raise SpaceError(f"{source_file}: evaluation.reference_logits brings its own tokens: leave out "
+                         f"evaluation.{'chat_text' if evaluation.chat_text else 'text'}")
     if "humaneval" in objectives and not evaluation.humaneval_limit:
         raise SpaceError(f"{source_file}: objective humaneval needs evaluation.humaneval_limit > 0")
     if "mc" in objectives and not evaluation.mc:
@@ -300,8 +319,22 @@ def space_from_data(data: Any, catalog: ModelCatalog, source_file: str = "<space
         objectives=objectives, max_size=max_size,
         max_bpw=float(constraints["max_bpw"]) if "max_bpw" in constraints else None, evaluation=evaluation,
         sampler=sampler, trials=int(search.get("trials", 32)), seed=int(search.get("seed", 0)),
-        source_file=source_file, raw=dict(data),
+        source_file=source_file, imatrix=_imatrix_spec(source_file, data.get("imatrix")), raw=dict(data),
     )
+
+
+def _imatrix_spec(source_file: str, value) -> ImatrixSpec | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return ImatrixSpec(path=_beside(source_file, value, "imatrix"))
+
+    def text(key: str) -> str | None:
+        v = value.get(key)
+        return v if v in (None, "builtin") else _beside(source_file, v, f"imatrix.{key}")
+
+    return ImatrixSpec(text=text("text"), chat_text=text("chat_text"), ctx=int(value.get("ctx", 512)),
+                       chunks=value.get("chunks"))
 
 
 def _beside(source_file: str, path: str, key: str) -> str:

@@ -106,9 +106,9 @@ def reference_outcomes(model: str, limit: int | None, max_new_tokens: int, n_gpu
     """HumanEval outcomes of the reference model, computed once and remembered (keyed by the model's digest and the
     problems and settings), with the score."""
     from .atomic import write_text
-    from .digests import file_digest
+    from .gguf_io import model_digest
 
-    digest = file_digest(model, cache_dir / "digests")
+    digest = model_digest(model, cache_dir / "digests")
     memo = cache_dir / f"humaneval-{digest[:24]}-n{limit or 164}-t{max_new_tokens}.json"
     if memo.exists():
         data = json.loads(memo.read_text())

@@ -343,7 +343,7 @@ def test_refusals(tiny_models, tmp_path):
         compute_imatrix(model, tmp_path / "x.gguf", text_file=tmp_path, settings=SMALL)
     with pytest.raises(ImatrixCollectError, match="no such model file"):
         compute_imatrix(tmp_path / "missing.gguf", tmp_path / "x.gguf", settings=SMALL)
-    with pytest.raises(ImatrixCollectError, match="not both"):
+    with pytest.raises(ImatrixCollectError, match="not several"):
         compute_imatrix(model, tmp_path / "x.gguf", text="abc", text_file=text)
     with pytest.raises(ImatrixCollectError, match="a dataset name goes with a text"):
         compute_imatrix(model, tmp_path / "x.gguf", dataset="name")
@@ -370,3 +370,24 @@ def test_cli(tiny_models, tmp_path, capsys):
                  "--chunks", "2", "--format", "dat", "--threads", "2"]) == 0
     assert re.match(r"wrote .*d\.dat \(dat\): 28 matrices .*2 chunks of 64 tokens from the built-in corpus",
                     capsys.readouterr().out)
+
+
+def test_chat_text_is_rendered_with_the_models_template(tiny_chat_model, tiny_models, tmp_path, capsys):
+    """--chat-text: the conversations through the model's chat template (the oracle against llama-imatrix
+    --parse-special is in test_llama_tools.py); refused for a model without a template and next to --text."""
+    out = tmp_path / "chat.imatrix"
+    assert main(["imatrix", "--model", str(tiny_chat_model), "--chat-text", "builtin", "--out", str(out), "--ctx",
+                 "64", "--chunks", "2", "--threads", "2"]) == 0
+    assert "the conversations of builtin (chat template)" in capsys.readouterr().out
+    chat = load_imatrix(out)
+    assert chat.datasets == ("builtin",) and chat.chunk_count == 2
+    plain = compute_imatrix(tiny_chat_model, tmp_path / "plain.imatrix",
+                            settings=CollectSettings(n_ctx=64, n_chunks=2, n_threads=2))
+    assert load_imatrix(plain.out).digest != chat.digest  # another token stream
+    assert main(["imatrix", "--model", str(tiny_models["llama"]), "--chat-text", "builtin", "--out",
+                 str(tmp_path / "x.imatrix")]) == 2
+    assert "has no chat template" in capsys.readouterr().err
+    assert main(["imatrix", "--model", str(tiny_chat_model), "--chat-text", "builtin", "--text", str(out),
+                 "--out", str(tmp_path / "y.imatrix")]) == 2
+    assert "not several" in capsys.readouterr().err
+    assert not (tmp_path / "x.imatrix").exists() and not (tmp_path / "y.imatrix").exists()

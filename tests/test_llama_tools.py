@@ -111,6 +111,20 @@ def test_kld_equals_llama_perplexity(tools, corpus_file, tiny_models, tmp_path):
         assert mine.kld_median == pytest.approx(theirs["kld_median"], rel=0.05, abs=1e-4)
         assert mine.kld_p99 == pytest.approx(theirs["kld_p99"], rel=0.05)
     assert from_file.kld == pytest.approx(theirs["kld"], rel=0.002)
+    # the same file named by a space (evaluation.reference_logits): a study takes its tokens, context and chunks
+    import yaml
+
+    from cerebellum_ray.search_runtime import SearchOptions, prepare
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"base": "Q4_K_M", "dimensions": [
+        {"name": "attn_v", "select": {"group": "attn_v"}, "per": "group", "types": ["Q4_K", "Q8_0"]}],
+        "evaluation": {"reference_logits": base_file.name}}))
+    ctx = prepare(SearchOptions(space_file=str(space), source=str(base), study="s", store_dir=str(tmp_path / "st"),
+                                cache_dir=str(tmp_path / "c"), verbose=False))
+    assert (ctx.space.evaluation.ctx, ctx.space.evaluation.chunks) == (n_ctx, chunks)
+    in_study = score(quant, EvalSpec(ctx.eval_text, n_ctx=n_ctx, n_chunks=chunks), ctx.reference, config)
+    assert in_study.kld == from_file.kld and in_study.n_scored == from_file.n_scored
 
 
 # ---- importance matrices: imatrix_collect against llama-imatrix --------------------------------------------------
@@ -166,6 +180,35 @@ def test_imatrix_equals_llama_imatrix(tools, corpus_file, tiny_models, tmp_path,
     build(model, pmap, tmp_path / "q-ours.gguf", imatrix=a, n_threads=2)
     build(model, pmap, tmp_path / "q-theirs.gguf", imatrix=b, n_threads=2)
     assert (tmp_path / "q-ours.gguf").read_bytes() == (tmp_path / "q-theirs.gguf").read_bytes()
+
+
+def test_chat_imatrix_equals_llama_imatrix_on_the_rendered_text(tools, tiny_chat_model, tmp_path):
+    """`imatrix --chat-text builtin` against llama-imatrix --parse-special on the same conversations rendered to one
+    text with the model's chat template (its leading BOS left to llama-imatrix, which adds one): equal sums and
+    counts (the files differ only in the dataset name recorded)."""
+    from cerebellum_ray._llama import chat_formatter
+    from cerebellum_ray.catalog import load_catalog
+    from cerebellum_ray.chat import builtin_conversations
+    from cerebellum_ray.imatrix import load_imatrix
+    from cerebellum_ray.imatrix_collect import CollectSettings, compute_imatrix
+    from cerebellum_ray.llama_runner import LlamaRunner
+
+    with LlamaRunner(tiny_chat_model, RunnerConfig(n_ctx=64)) as runner:
+        bos, eos = (runner.piece(t, special=True).decode() for t in (runner.bos, runner.eos))
+    fmt = chat_formatter(load_catalog(tiny_chat_model).kv["tokenizer.chat_template"], bos, eos, False)
+    text = "".join(fmt(messages=[{"role": m.role, "content": m.content} for m in c.messages]).prompt
+                   for c in builtin_conversations())
+    assert text.startswith(bos)
+    rendered = tmp_path / "rendered.txt"
+    rendered.write_text(text[len(bos):])
+    theirs = _llama_imatrix(tools, tiny_chat_model, rendered, tmp_path / "theirs.gguf", 128, 6, "--parse-special")
+    ours = tmp_path / "ours.gguf"
+    report = compute_imatrix(tiny_chat_model, ours, chat_file="builtin",
+                             settings=CollectSettings(n_ctx=128, n_chunks=6, n_threads=2))
+    assert report.n_chunks == 6 and report.datasets == ("builtin",)
+    assert _max_relative_difference(_stored_tensors(ours), _stored_tensors(theirs)) == 0.0
+    a, b = load_imatrix(ours), load_imatrix(theirs)
+    assert (a.digest, a.chunk_count, a.chunk_size) == (b.digest, b.chunk_count, b.chunk_size)
 
 
 def test_imatrix_legacy_format_and_long_chunks_equal_llama_imatrix(tools, corpus_file, tiny_models, tmp_path):

@@ -300,3 +300,38 @@ def test_names_older_experiments_pickled_still_resolve():
                  "_make_progress_callback", "init_ray", "trial_resources", "known_results", "run_optuna",
                  "_restore_callbacks", "run_maps", "preset_specs", "map_file_spec", "run_search", "PENALTY", "log"):
         assert hasattr(search, name), name
+
+
+def test_a_space_may_have_its_imatrix_made_once_from_a_text(tiny_models, tmp_path):
+    """`imatrix: {text: builtin, ctx, chunks}`: prepare makes it (before Ray), records it with the study, and finds
+    it again next time; `imatrix: FILE` is read beside the space; --imatrix overrides both."""
+    import yaml
+
+    from cerebellum_ray.imatrix import load_imatrix
+    from cerebellum_ray.search_runtime import prepare, read_study
+
+    data = yaml.safe_load(Path(SPACE).read_text())
+    data["imatrix"] = {"text": "builtin", "ctx": 64, "chunks": 2}
+    space = tmp_path / "made.yaml"
+    space.write_text(yaml.safe_dump(data))
+    opts = _opts(tiny_models, tmp_path, space_file=str(space))
+    ctx = prepare(opts)
+    made = Path(ctx.imatrix_path)
+    assert made.parent == tmp_path / "cache" / "imatrix" and load_imatrix(made).chunk_count == 2
+    assert read_study(opts.store_dir, "t")["imatrix"] == str(made)
+    stamp = made.stat().st_mtime_ns
+    assert Path(prepare(opts).imatrix_path) == made and made.stat().st_mtime_ns == stamp  # made once
+    data["imatrix"] = {"text": "builtin", "ctx": 64, "chunks": 3}
+    space.write_text(yaml.safe_dump(data))
+    assert Path(prepare(opts).imatrix_path) != made  # other settings, another matrix
+    data["imatrix"] = made.name
+    (tmp_path / made.name).write_bytes(made.read_bytes())
+    space.write_text(yaml.safe_dump(data))
+    assert prepare(opts).imatrix_path == str((tmp_path / made.name).resolve())
+    given = tmp_path / "given.imatrix"
+    given.write_bytes(made.read_bytes())
+    assert prepare(_opts(tiny_models, tmp_path, space_file=str(space), imatrix=str(given))).imatrix_path == str(given)
+    data["imatrix"] = {"text": "builtin", "chat_text": "builtin"}
+    space.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpaceError, match="imatrix"):
+        prepare(opts)

@@ -1,5 +1,7 @@
 """Search spaces: parsing, validation against the model (errors name dimension and tensor), maps from points."""
 
+import os
+
 import pytest
 import yaml
 
@@ -55,6 +57,11 @@ def _space(**over):
     ({"base": "Q9_K"}, "unknown base preset"),
     ({"objectives": ["humaneval", "size"]}, "humaneval_limit"),
     ({"constraints": {"max_size": "12 parsecs"}}, "constraints.max_size: '12 parsecs' is not in the expected form"),
+    ({"imatrix": "missing.imatrix"}, "imatrix: no such file 'missing.imatrix'"),
+    ({"imatrix": {"text": "builtin", "ctxx": 64}}, "imatrix"),
+    ({"evaluation": {"reference_logits": "missing.kld"}}, "evaluation.reference_logits: no such file"),
+    ({"evaluation": {"reference_logits": os.path.abspath(DEMO), "chat_text": "builtin"}},
+     "reference_logits brings its own tokens: leave out evaluation.chat_text"),
 ])
 def test_invalid_spaces_are_refused_with_names(gemma4, change, needle):
     with pytest.raises(SpaceError, match=needle.replace("(", r"\(").replace("`", ".")):

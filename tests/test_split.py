@@ -109,6 +109,21 @@ def test_a_split_source_builds_what_the_single_file_builds(built, tmp_path):
     assert a.read_bytes() == b.read_bytes()  # split keys are no part of the model: the provenance digest agrees
 
 
+def test_a_split_models_digest_covers_every_part(built, tmp_path):
+    """A reference given by its first part is known by all its bytes: a changed last part is another reference."""
+    _, parts, _ = built
+    copies = []
+    for p in parts:
+        shutil.copy(p, tmp_path / p.name)
+        copies.append(tmp_path / p.name)
+    before = gguf_io.model_digest(copies[0], tmp_path / "memo")
+    assert before == gguf_io.model_digest(copies[0], tmp_path / "memo")  # remembered, the same
+    data = bytearray(copies[-1].read_bytes())
+    data[-1] ^= 0xFF  # last byte of the last tensor's data
+    copies[-1].write_bytes(bytes(data))
+    assert gguf_io.model_digest(copies[0], tmp_path / "memo") != before
+
+
 def test_a_split_source_is_given_by_its_first_part(built):
     _, parts, _ = built
     with pytest.raises(gguf_io.GGUFError, match="is part 2 of a split model; give its first part"):

@@ -1,6 +1,6 @@
 """The 26B-A4B rehearsal on a GPU machine: one trial's parts at the real model's tensor shapes (device check).
 
-    python bench/gpu/rehearsal.py [--layers 1,2] [--chunks 8] [--ctx 512]
+    python bench/gpu/rehearsal.py [--layers 2,3] [--chunks 8] [--ctx 512]
 
 For each layer count: make-tiny --arch gemma4 --shape gemma4-26b-a4b --dtype BF16 (random weights, 262144-token
 vocabulary), the reference pass of the BF16 model on the GPU (what a study computes once), a cold Q4_K_M build
@@ -71,7 +71,7 @@ def one(n_layer: int, spec: EvalSpec, shape: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", default="1,2")
+    ap.add_argument("--layers", default="2,3")
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--shape", default="gemma4-26b-a4b", help="make-tiny --shape (tiny: a dry run of the script)")
