@@ -755,7 +755,9 @@ def cmd_solve(args) -> int:
           f"{result.seconds:.1f} s)")
     print(f"  size {_human(result.size_bytes)} ({result.size_bytes} bytes as one file), {result.bpw:.4f} bits per "
           f"weight")
-    print(f"  predicted KLD {result.predicted['kld']:.5f} +/- {result.predicted['kld_se']:.5f}")
+    ppl = (f", PPL {result.predicted['ppl']:.4f} +/- {result.predicted['ppl_se']:.4f}"
+           if "ppl" in result.predicted else "")
+    print(f"  predicted KLD {result.predicted['kld']:.5f} +/- {result.predicted['kld_se']:.5f}{ppl}")
     if result.measured is not None:
         print(f"  measured (trial {result.measured_trial}): KLD {result.measured['kld']:.5f} +/- "
               f"{result.measured['kld_se'] or 0:.5f}")

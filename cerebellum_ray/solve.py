@@ -11,6 +11,7 @@ The study's space, source and imatrix come from <store>/_studies/<study>.json (w
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -167,14 +168,29 @@ def solve_study(store_dir: str, study: str, budget: Budget, *, space_file: str |
     if n_bytes != sol.size_bytes:
         raise AssertionError(f"solver size {sol.size_bytes} != the map's tensor bytes {n_bytes}")
     mean, se = model.surrogate.predict([sol.point])
+    predicted = {"kld": float(mean[0]), "kld_se": float(se[0]), **_predicted_ppl(prior, rows, eval_hash, sol.point)}
     measured_row = _measured(rows, study, pmap.digest, eval_hash)
     return SolveResult(
         study=study, budget=budget.text, point=dict(sol.point), choices=dict(sol.choices), map=dict(pmap.types),
         size_bytes=size, tensor_bytes=n_bytes, bpw=8.0 * n_bytes / catalog.n_elements,
-        predicted={"kld": float(mean[0]), "kld_se": float(se[0])},
+        predicted=predicted,
         measured=None if measured_row is None else {c: measured_row.get(c) for c in MEASURED_COLUMNS},
         measured_trial=None if measured_row is None else measured_row["trial_id"],
         fit=_fit_summary(model), seconds=time.perf_counter() - started)
+
+
+def _predicted_ppl(prior, rows, eval_hash: str | None, point) -> dict[str, float]:
+    """PPL of the solved map from a second fit of the same model class on the rows' ln PPL (mean NLL per token is
+    additive in the same first-order sense as KLD); {} when too few rows have a PPL. The map itself is chosen by
+    KLD alone."""
+    from .surrogate import MIN_ROWS, fit_surrogate, observations_from_rows
+
+    obs, _ = observations_from_rows(prior.table, rows, eval_hash=eval_hash, metric="nll")
+    if len(obs) < MIN_ROWS:
+        return {}
+    mean, se = fit_surrogate(prior.table, obs, prior).predict([point])
+    ppl = math.exp(float(mean[0]))
+    return {"ppl": ppl, "ppl_se": ppl * float(se[0])}
 
 
 def _most_common(values) -> str | None:

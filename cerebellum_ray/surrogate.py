@@ -86,13 +86,34 @@ def observation(table: ChoiceTable, point: Mapping[str, int], kld: float, kld_se
     return Observation(table.levels_of_point(point), float(kld), None if kld_se is None else float(kld_se), label)
 
 
-def observations_from_rows(table: ChoiceTable, rows: Iterable[Mapping], eval_hash: str | None = None
-                           ) -> tuple[tuple[Observation, ...], int]:
-    """(observations, rows skipped) from result-store rows: complete rows with a KLD (of `eval_hash` when given)
-    whose map (or, without a map, params) is a choice of the table; the others are counted as skipped."""
+METRICS = ("kld", "nll")  # what a surrogate can be fitted on: mean KLD, or mean NLL = ln(PPL) (per-token, additive)
+
+
+def _metric_of(row: Mapping, metric: str) -> tuple[float | None, float | None]:
+    """(value, standard error) of a row's `metric`; NLL from the stored PPL (ln PPL, SE by the delta method)."""
+    def finite(x):
+        return x is not None and math.isfinite(float(x))
+
+    if metric == "kld":
+        return (float(row["kld"]) if finite(row.get("kld")) else None,
+                float(row["kld_se"]) if finite(row.get("kld_se")) else None)
+    if metric == "nll":
+        ppl, se = row.get("ppl"), row.get("ppl_se")
+        if not finite(ppl) or float(ppl) <= 0:
+            return None, None
+        return math.log(float(ppl)), float(se) / float(ppl) if finite(se) else None
+    raise SurrogateError(f"unknown surrogate metric {metric!r}; choose {' or '.join(METRICS)}")
+
+
+def observations_from_rows(table: ChoiceTable, rows: Iterable[Mapping], eval_hash: str | None = None,
+                           metric: str = "kld") -> tuple[tuple[Observation, ...], int]:
+    """(observations, rows skipped) from result-store rows: complete rows with the metric (a KLD, or a PPL for
+    metric "nll"; of `eval_hash` when given) whose map (or, without a map, params) is a choice of the table; the
+    others are counted as skipped. The observation's `kld` field then holds that metric."""
     out, skipped = [], 0
     for row in rows:
-        if row.get("status") != "complete" or row.get("kld") is None or not math.isfinite(float(row["kld"])):
+        value, se = _metric_of(row, metric) if row.get("status") == "complete" else (None, None)
+        if value is None:
             skipped += 1
             continue
         if eval_hash is not None and row.get("eval_hash") != eval_hash:
@@ -111,9 +132,7 @@ def observations_from_rows(table: ChoiceTable, rows: Iterable[Mapping], eval_has
         if levels is None:
             skipped += 1
             continue
-        se = row.get("kld_se")
-        se = float(se) if se is not None and math.isfinite(float(se)) else None
-        out.append(Observation(levels, float(row["kld"]), se, str(row.get("label") or row.get("trial_id") or "")))
+        out.append(Observation(levels, value, se, str(row.get("label") or row.get("trial_id") or "")))
     return tuple(out), skipped
 
 

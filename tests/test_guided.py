@@ -90,6 +90,8 @@ def test_guided_search_then_solve_and_verify(tiny_models, tmp_path):
     budget = (sizes[0] + sizes[-1]) / 2
     result = solve_study(str(store_dir), "g", make_budget(max_bpw=budget))
     assert result.bpw <= budget and result.predicted["kld_se"] > 0 and result.fit["rows"] >= 3
+    measured_ppl = [r["ppl"] for r in rows if r["status"] == "complete"]
+    assert min(measured_ppl) / 2 < result.predicted["ppl"] < 2 * max(measured_ppl) and result.predicted["ppl_se"] > 0
     again = solve_study(str(store_dir), "g", make_budget(max_bpw=budget))
     assert again.map == result.map  # re-solving needs no new trial and gives the same answer
 
