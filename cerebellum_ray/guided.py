@@ -8,11 +8,12 @@
     rows of the study (and of --warm-start studies) ──► surrogate (surrogate.py: KLD around the prior, interactions
           ▲                                               the rows support, a standard error for every prediction)
           │                                                  │
-          │       the surrogate's best map for each of N budgets spread over the feasible sizes (solver.py, exact)
-          │                                                  │
-          └──── measured as full trials ◄── the ones not measured yet, most uncertain first (a batch per round)
-    when a round proposes nothing new: the rest of the trial budget goes to NSGA-II (search.run_optuna), seeded with
-    every measured point.
+          │       the surrogate's Pareto curve over the feasible sizes (solver.refined_curve: exact solves, the
+          │       budgets gathered where the curve bends)           │
+          └──── measured as full trials ◄── its maps not measured yet, by the hypervolume their optimistic
+                                              prediction adds to the measured front (a batch per round)
+    when every map of the curve is measured it is traced finer; when even the finest proposes nothing new, the rest
+    of the trial budget goes to NSGA-II (search.run_optuna), seeded with every measured point.
 
 Every row stores the phase that proposed it and the surrogate's prediction made before it ran (predicted_kld,
 predicted_kld_se: none for sensitivity rows, which come before any fit). The store is the state: running the same
@@ -27,13 +28,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import store
 from .catalog import ModelCatalog, load_catalog
 from .errors import CerebellumError
 
 STRATEGY = "guided"
 SENSITIVITY_SHARE = 0.3  # at most this share of the trial budget goes to sensitivity moves (at least one per family)
-MIN_BATCH = 4  # budgets solved per round: at least this many (more when more trials run at once)
+MIN_BATCH = 4  # maps measured per round: at least this many (more when more trials run at once)
+CURVE_SOLVES = 48  # exact solves tracing the predicted curve each round; doubled when it proposes nothing new ...
+MAX_CURVE_SOLVES = 384  # ... up to this many, before NSGA-II takes the rest of the budget
 
 
 class GuidedError(CerebellumError):
@@ -62,6 +67,7 @@ class StudyModel:
     surrogate: Any  # surrogate.Surrogate | None
     n_rows: int
     n_skipped: int
+    observed: tuple[tuple[int, float], ...] = ()  # (tensor bytes, KLD) of every row fitted on
 
     @property
     def table(self):
@@ -93,7 +99,8 @@ def fit_study(prior, rows: Iterable[Mapping[str, Any]], eval_hash: str | None) -
 
     obs, skipped = observations_from_rows(prior.table, rows, eval_hash=eval_hash)
     surrogate = fit_surrogate(prior.table, obs, prior) if len(obs) >= MIN_ROWS else None
-    return StudyModel(prior, surrogate, len(obs), skipped)
+    observed = tuple((prior.table.size_of_levels(o.levels), o.kld) for o in obs)
+    return StudyModel(prior, surrogate, len(obs), skipped, observed)
 
 
 def sensitivity_proposals(space, catalog: ModelCatalog, has_imatrix: bool, limit: int) -> list[Proposal]:
@@ -122,9 +129,8 @@ def sensitivity_proposals(space, catalog: ModelCatalog, has_imatrix: bool, limit
     return [base] + [Proposal(dict(point), "sensitivity", move.label) for move, point in ordered[:limit - 1]]
 
 
-def feasible_budgets(problem, space, catalog: ModelCatalog, n: int) -> list[int]:
-    """`n` tensor-byte budgets spread from the space's smallest map to its largest feasible one (the space's
-    max_size / max_bpw / vram constraints)."""
+def feasible_range(problem, space, catalog: ModelCatalog) -> tuple[int, int]:
+    """Tensor bytes of the space's smallest map and of its largest feasible one (max_size / max_bpw / vram)."""
     from .choices import bytes_for_bpw
 
     hi = problem.max_bytes
@@ -136,23 +142,23 @@ def feasible_budgets(problem, space, catalog: ModelCatalog, n: int) -> list[int]
     if hi < lo:
         raise GuidedError(f"space {space.name}: no map fits its constraints (the smallest is {lo} tensor bytes, the "
                           f"limit {hi})")
-    if n == 1 or hi == lo:
-        return [hi]
-    return sorted({int(round(lo + (hi - lo) * i / (n - 1))) for i in range(n)})
+    return lo, hi
 
 
 def solved_proposals(model: StudyModel, space, catalog: ModelCatalog, has_imatrix: bool, measured: set[str],
-                     n_budgets: int, limit: int) -> list[Proposal]:
-    """The surrogate's best map for each of `n_budgets` budgets, those not measured yet (by map digest), most
-    uncertain first, at most `limit`."""
-    from .solver import Solver
+                     n_solves: int, limit: int) -> list[Proposal]:
+    """At most `limit` maps to measure next: the surrogate's Pareto curve over the feasible sizes (`n_solves` exact
+    solves, refined where the curve bends: solver.refined_curve), its maps not measured yet (by map digest), taken
+    one at a time by the hypervolume their optimistic prediction (mean - one standard error) adds to the measured
+    (size, KLD) front and the ones already taken; when none adds any, the most uncertain."""
+    from .solver import Solver, refined_curve
 
     if model.surrogate is None:
         return []
     problem = model.surrogate.problem()
-    solver = Solver(problem)
+    lo, hi = feasible_range(problem, space, catalog)
     seen: dict[str, Mapping[str, int]] = {}
-    for sol in solver.solve_many(feasible_budgets(problem, space, catalog, n_budgets)):
+    for sol in refined_curve(Solver(problem), lo, hi, n_initial=min(16, n_solves), n_total=n_solves):
         digest = space.map_for(catalog, sol.point, has_imatrix=has_imatrix).digest
         if digest not in measured and digest not in seen:
             seen[digest] = dict(sol.point)
@@ -160,9 +166,48 @@ def solved_proposals(model: StudyModel, space, catalog: ModelCatalog, has_imatri
     if not points:
         return []
     mean, se = model.surrogate.predict(points)
-    order = sorted(range(len(points)), key=lambda i: -se[i] / max(mean[i], 1e-12))
+    sizes = np.array([model.table.size_of(p) for p in points], dtype=float)
+    order = hypervolume_batch(model.observed, sizes, np.maximum(mean - se, 0.0), limit)
+    rest = sorted(set(range(len(points))) - set(order), key=lambda i: -se[i] / max(mean[i], 1e-12))
     return [Proposal(points[i], "solved", f"solved {model.table.bpw_of(model.table.size_of(points[i])):.3f} bpw",
-                     float(mean[i]), float(se[i])) for i in order[:limit]]
+                     float(mean[i]), float(se[i])) for i in (order + rest)[:limit]]
+
+
+def _hv_2d(points: np.ndarray, ref: tuple[float, float]) -> float:
+    """Hypervolume of (size, KLD) points, both minimized, against `ref`."""
+    p = points[(points[:, 0] < ref[0]) & (points[:, 1] < ref[1])]
+    front: list[tuple[float, float]] = []
+    for x, y in p[np.lexsort((p[:, 1], p[:, 0]))]:
+        if not front or y < front[-1][1]:
+            front.append((float(x), float(y)))
+    edges = [x for x, _ in front[1:]] + [ref[0]]
+    return sum((nxt - x) * (ref[1] - y) for (x, y), nxt in zip(front, edges))
+
+
+def hypervolume_batch(observed: Sequence[tuple[int, float]], sizes: np.ndarray, values: np.ndarray,
+                      limit: int) -> list[int]:
+    """Indices of up to `limit` candidates (sizes, predicted values), each the one adding most hypervolume to the
+    observed points and those taken before it (reference: 5 % beyond the largest size and value seen); stops when
+    none adds any."""
+    obs = np.array(observed, dtype=float).reshape(-1, 2)
+    every = np.vstack([obs, np.c_[sizes, values]])
+    span = np.ptp(every, axis=0)
+    ref = (float(every[:, 0].max() + 0.05 * span[0] + 1.0), float(every[:, 1].max() + 0.05 * span[1] + 1e-12))
+    taken: list[int] = []
+    current = obs
+    base = _hv_2d(current, ref)
+    for _ in range(limit):
+        gains = [(_hv_2d(np.vstack([current, [[sizes[i], values[i]]]]), ref) - base, i)
+                 for i in range(len(sizes)) if i not in taken]
+        if not gains:
+            break
+        gain, best = max(gains)
+        if gain <= 0:
+            break
+        taken.append(best)
+        current = np.vstack([current, [[sizes[best], values[best]]]])
+        base += gain
+    return taken
 
 
 def _study_rows(store_dir, studies: Sequence[str]) -> list[dict[str, Any]]:
@@ -204,7 +249,8 @@ def run_guided(opts, run_optuna):
     if todo:
         say(f"sensitivities: {len(todo)} family moves from the base map")
         _run(run_points, ctx, opts, resources, todo)
-    n_budgets = max(MIN_BATCH, concurrency)
+    batch_size = max(MIN_BATCH, concurrency)
+    n_solves = CURVE_SOLVES
     while True:
         own, measured = state()
         remaining = n_trials - len(own)
@@ -212,9 +258,13 @@ def run_guided(opts, run_optuna):
             break
         rows = _study_rows(store_dir, [opts.study, *opts.warm_start])
         model = fit_study(prior, rows, ctx.eval_hash)
-        batch = solved_proposals(model, space, catalog, has_imatrix, measured, n_budgets, min(remaining, n_budgets))
+        batch = solved_proposals(model, space, catalog, has_imatrix, measured, n_solves, min(remaining, batch_size))
         if not batch:
-            break
+            if model.surrogate is None or n_solves >= MAX_CURVE_SOLVES:
+                break
+            n_solves = min(MAX_CURVE_SOLVES, 2 * n_solves)  # a finer curve: maps between those measured
+            say(f"every map of the predicted curve is measured: {n_solves} solves")
+            continue
         q = model.surrogate.quality
         say(f"fit on {model.n_rows} rows (leave-one-out Spearman {q.loo_spearman:.2f}, interactions "
             f"{len(model.surrogate.interactions)}): {len(batch)} solved maps to measure")

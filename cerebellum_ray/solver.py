@@ -509,8 +509,42 @@ def budget_grid(problem: Problem, n: int) -> tuple[int, ...]:
     if n < 1:
         raise SolverError(f"a budget grid needs at least one budget, not {n}")
     lo, hi = size_range(problem)
-    if n == 1:
-        return (hi,)
+    return budget_grid_between(lo, hi, n)
+
+
+def refined_curve(solver: Solver, lo: int, hi: int, n_initial: int = 16, n_total: int = 96) -> tuple[Solution, ...]:
+    """The problem's Pareto curve between budgets `lo` and `hi` (bytes), refined where it bends: `n_initial` evenly
+    spread budgets, then the budget halfway between the two neighbouring solutions farthest apart (in size and
+    objective, each scaled by its range) is solved, until `n_total` solves or no gap can be split. Where a few cheap
+    choices buy most of the objective (the low end of a quantization curve), the budgets gather."""
+    budgets = list(budget_grid_between(lo, hi, n_initial))
+    solved = dict(zip(budgets, solver.solve_many(budgets)))
+    done: set[tuple[int, int]] = set()
+    while len(solved) < n_total:
+        keys = sorted(solved)
+        sizes = np.array([solved[k].size_bytes for k in keys], dtype=float)
+        objs = np.array([solved[k].objective for k in keys], dtype=float)
+        span_s = max(sizes.max() - sizes.min(), 1.0)
+        span_o = max(objs.max() - objs.min(), 1e-300)
+        gaps = np.hypot(np.diff(sizes) / span_s, np.diff(objs) / span_o)
+        for j in np.argsort(-gaps):
+            a, b = keys[j], keys[j + 1]
+            if gaps[j] > 0 and b - a > 1 and (a, b) not in done:
+                break
+        else:
+            break
+        done.add((a, b))
+        mid = (a + b) // 2
+        solved[mid] = solver.solve(mid, hint=solved[a].point)
+    return tuple(solved[k] for k in sorted(solved))
+
+
+def budget_grid_between(lo: int, hi: int, n: int) -> tuple[int, ...]:
+    """`n` byte budgets evenly spread from `lo` to `hi` (both included)."""
+    if n < 1:
+        raise SolverError(f"a budget grid needs at least one budget, not {n}")
+    if n == 1 or hi <= lo:
+        return (int(hi),)
     return tuple(sorted({int(round(lo + (hi - lo) * i / (n - 1))) for i in range(n)}))
 
 
@@ -525,4 +559,4 @@ def pareto_front(solutions: Sequence[Solution]) -> tuple[Solution, ...]:
 
 
 __all__ = ["DEFAULT_MAX_STATES", "Interaction", "Problem", "Solution", "Solver", "SolverError", "budget_grid",
-           "pareto_front", "size_range", "solve", "solve_many"]
+           "budget_grid_between", "pareto_front", "refined_curve", "size_range", "solve", "solve_many"]

@@ -113,3 +113,22 @@ def test_guided_search_then_solve_and_verify(tiny_models, tmp_path):
     row = next(x for x in after if x["trial_id"] == verified["trial_id"])
     assert row["strategy"] == "solve" and row["phase"] == "verify" and dict(row["map"]) == answer["map"]
     assert row["predicted_kld"] == pytest.approx(answer["predicted"]["kld"]) and row["kld"] == verified["kld"]
+
+
+def test_the_batch_adds_the_most_hypervolume_first():
+    """hypervolume_batch: candidates taken by the area they add to the measured front and to those already taken;
+    one that adds nothing is never taken."""
+    import numpy as np
+
+    from cerebellum_ray.guided import _hv_2d, hypervolume_batch
+    from cerebellum_ray.pareto import hypervolume
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        p = rng.random((int(rng.integers(1, 9)), 2))
+        assert _hv_2d(p, (1.1, 1.2)) == pytest.approx(hypervolume(p, ["min", "min"], (1.1, 1.2)), abs=1e-12)
+    measured = [(0, 1.0), (10, 0.0)]
+    sizes, values = np.array([5.0, 5.0, 1.0, 9.0, 11.0]), np.array([0.5, 0.6, 0.99, 0.01, 0.5])
+    assert hypervolume_batch(measured, sizes, values, 5) == [0, 3, 2]  # (5, 0.6) after (5, 0.5), (11, 0.5): nothing
+    assert hypervolume_batch(measured, sizes, values, 1) == [0]
+

@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from cerebellum_ray.solver import (Interaction, Problem, Solver, SolverError, budget_grid, pareto_front, size_range,
-                                   solve, solve_many)
+from cerebellum_ray.solver import (Interaction, Problem, Solver, SolverError, budget_grid, pareto_front,
+                                   refined_curve, size_range, solve, solve_many)
 
 
 def random_problem(rng, n_dims, max_choices, n_interactions, interaction_scale=0.3, distinct_sizes=True):
@@ -114,6 +114,28 @@ def test_solve_many_is_the_pareto_curve():
         assert s.objective == pytest.approx(cost[size <= s.budget_bytes].min(), abs=1e-9)
     front = pareto_front(sols)
     assert all(a.size_bytes < b.size_bytes and a.objective > b.objective for a, b in zip(front, front[1:]))
+
+
+def test_refined_curve_finds_the_whole_exact_front_and_gathers_where_it_bends():
+    """Enough solves trace every point of the exact (brute-force) Pareto front; with few, the budgets gather where
+    the objective falls fastest (the low end of a quantization curve), not evenly."""
+    problem = random_problem(np.random.default_rng(11), 5, 4, 0)
+    cost, size = brute_force(problem)
+    order = np.lexsort((cost, size))
+    exact, best = [], np.inf
+    for i in order:
+        if cost[i] < best - 1e-12:
+            exact.append((int(size[i]), float(cost[i])))
+            best = cost[i]
+    lo, hi = size_range(problem)
+    curve = refined_curve(Solver(problem), lo, hi, n_initial=4, n_total=400)
+    traced = {(s.size_bytes, round(s.objective, 9)) for s in pareto_front(curve)}
+    assert {(a, round(b, 9)) for a, b in exact} <= traced
+    for s in curve:  # every solve is the optimum under its budget
+        assert s.objective == pytest.approx(cost[size <= s.budget_bytes].min(), abs=1e-9)
+    few = refined_curve(Solver(problem), lo, hi, n_initial=4, n_total=12)
+    assert len(few) == 12 and len({s.budget_bytes for s in few}) == 12
+    assert sorted(s.budget_bytes for s in few) != list(budget_grid(problem, 12))  # not an even grid
 
 
 def test_malformed_problems_are_refused():
