@@ -9,7 +9,8 @@ Models:
   synthetic-1b  a random llama with TinyLlama's shapes (1.1 B parameters, F16), to Q4_K_M (the issue 2 benchmark)
 For each, every run a separate process (whole-process wall time, as a user runs it), alternating, --repeats times;
 the best wall time of each side counts (the machine is shared):
-  1. llama_model_quantize (what llama-quantize runs) of the map: the preset + 5 attn_q tensors to Q8_0
+  1. llama_model_quantize (what llama-quantize runs) of the map: the preset + 5 attention tensors (attn_q of the
+     first layers, then attn_k) to Q8_0
   2. cerebellum-ray build --no-cache of the same map (a cold build: every tensor quantized, nothing cached)
 then once each: a cold build into an empty tensor cache (what the first trial pays), and the rebuild of the preset
 alone from that cache, which differs from it in the 5 tensors (what a trial pays), with peak RSS (VmHWM), the cache's
@@ -38,7 +39,15 @@ from gguf import GGUFValueType
 from cerebellum_ray import atomic, gguf_io
 
 SHAPES = dict(n_embd=2048, n_ff=5632, n_layer=22, n_head=32, n_head_kv=4, vocab=32000)
-CHANGED = [f"blk.{i}.attn_q.weight" for i in range(5)]
+
+
+def changed_tensors(source: Path) -> list[str]:
+    """The 5 tensors a trial changes: attn_q of the first layers, then attn_k (models of 2 or 3 layers)."""
+    from cerebellum_ray.catalog import load_catalog
+
+    names = {t.name for t in load_catalog(source).tensors}
+    wanted = [f"blk.{i}.attn_{w}.weight" for w in ("q", "k", "output") for i in range(40)]
+    return [n for n in wanted if n in names][:5]
 
 
 def synthetic_model(path: Path, seed: int = 0) -> int:
@@ -96,6 +105,8 @@ def _child(code: str) -> dict:
     out = json.loads(lines[-1])
     if len(lines) > 1:
         out.update(json.loads("\n".join(lines[:-1])))
+    if out.get("rc", 0) != 0:
+        raise RuntimeError(f"the build failed (exit {out['rc']}): {proc.stderr[-2000:]}")
     return out
 
 
@@ -109,9 +120,9 @@ def child_build(source: Path, out: Path, preset: str, sets: list[str], cache: Pa
                   "print(json.dumps({'rc': rc, 'wall': time.perf_counter() - t, 'peak_rss': " + _PEAK + "}))")
 
 
-def child_llama_quantize(source: Path, out: Path, preset: str) -> dict:
+def child_llama_quantize(source: Path, out: Path, preset: str, changed: list[str]) -> dict:
     """llama_model_quantize in a child process (whole-process wall time, as `llama-quantize` would take)."""
-    overrides = [(f"^{n.replace('.', '[.]')}$", 8) for n in CHANGED]  # 8: Q8_0
+    overrides = [(f"^{n.replace('.', '[.]')}$", 8) for n in changed]  # 8: Q8_0
     return _child("import time, json, os\nt = time.perf_counter()\nfrom cerebellum_ray import _ggml\n"
                   "from cerebellum_ray.ggml_types import file_type\n"
                   f"_ggml.llama_quantize({str(source)!r}, {str(out)!r}, file_type({preset!r}).id, "
@@ -141,10 +152,11 @@ def cache_bytes(cache: Path) -> tuple[int, int]:
 
 
 def measure(name: str, source: Path, preset: str, work: Path, repeats: int) -> dict:
-    sets = [f"{n}=Q8_0" for n in CHANGED]
+    changed = changed_tensors(source)
+    sets = [f"{n}=Q8_0" for n in changed]
     ours, theirs = [], []
     for _ in range(repeats):
-        theirs.append(child_llama_quantize(source, work / "llama.gguf", preset))
+        theirs.append(child_llama_quantize(source, work / "llama.gguf", preset, changed))
         ours.append(child_build(source, work / "ours.gguf", preset, sets, None))
     identical = same_tensors(work / "ours.gguf", work / "llama.gguf")
     cache = work / "cache"
