@@ -131,13 +131,17 @@ def child_llama_quantize(source: Path, out: Path, preset: str, changed: list[str
 
 
 def same_tensors(a: Path, b: Path) -> bool:
+    """Every tensor of `a` has the type and bytes of the tensor of that name in `b` (llama.cpp writes tensors sorted
+    by name within a layer, the builder in the source's order: positions differ, contents must not)."""
     from cerebellum_ray.catalog import load_catalog
 
     ca, cb = load_catalog(a), load_catalog(b)
-    if [t.name for t in ca.tensors] != [t.name for t in cb.tensors]:
+    by_name = {t.name: t for t in cb.tensors}
+    if sorted(t.name for t in ca.tensors) != sorted(by_name):
         return False
     with open(a, "rb") as fa, open(b, "rb") as fb:
-        for ta, tb in zip(ca.tensors, cb.tensors):
+        for ta in ca.tensors:
+            tb = by_name[ta.name]
             fa.seek(ta.data_offset)
             fb.seek(tb.data_offset)
             if ta.type != tb.type or fa.read(ta.n_bytes) != fb.read(tb.n_bytes):
