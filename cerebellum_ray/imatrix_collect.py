@@ -440,8 +440,10 @@ def made_imatrix(model: str | os.PathLike, cache_dir: str | os.PathLike | None, 
     from .tensor_cache import default_cache_dir
 
     root = Path(cache_dir) if cache_dir else default_cache_dir()
+    from . import __version__
+
     what = {"model": model_digest(model, root / "digests"), "ctx": settings.n_ctx, "chunks": settings.n_chunks,
-            "batch": settings.n_batch}
+            "batch": settings.n_batch, "version": __version__}  # the built-in texts ship with the version
     for key, value in (("text", text), ("chat_text", chat_text)):
         if value not in (None, "builtin"):
             what[key] = hashlib.sha256(Path(value).read_bytes()).hexdigest()
@@ -452,9 +454,8 @@ def made_imatrix(model: str | os.PathLike, cache_dir: str | os.PathLike | None, 
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    chat_file = chat_text
     text_file = text if text not in (None, "builtin") else None
-    compute_imatrix(model, out, text_file=text_file, chat_file=chat_file, settings=settings)
+    compute_imatrix(model, out, text_file=text_file, chat_file=chat_text, settings=settings)
     return out
 
 
