@@ -663,6 +663,7 @@ def cmd_verify(args) -> int:
 
     opts = VerifyOptions(
         store_dir=args.store, study=args.study, source=args.source, front=not args.trial,
+        front_on=tuple(m.strip() for m in args.front_on.split(",") if m.strip()),
         trials=tuple(args.trial or ()), metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
         limit=args.limit, reference=args.reference, imatrix=args.imatrix, mc=tuple(args.mc),
         cache_dir=args.cache_dir, n_gpu_layers=args.n_gpu_layers, max_new_tokens=args.max_new_tokens)
@@ -1141,7 +1142,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "paired against the reference model; values stored with the rows")
     p.add_argument("--store", required=True)
     p.add_argument("--study", required=True)
-    p.add_argument("--front", action="store_true", help="the members of the study's (size, KLD) front (the default)")
+    p.add_argument("--front", action="store_true", help="the members of the study's front (the default)")
+    p.add_argument("--front-on", default="size,kld",
+                   help="stored metrics the front is taken on, e.g. size,kld,kld_code (default size,kld)")
     p.add_argument("--trial", action="append", help="a trial id or label instead of the front (repeatable)")
     p.add_argument("--source", required=True, help="the source the study ran on (each map is built from it)")
     p.add_argument("--metrics", default="humaneval", help="comma-separated: humaneval,mc (humaneval)")

@@ -85,9 +85,26 @@ def safe_name(name: str) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:80]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+
+
 def _file_name(study: str, trial_id: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{study}__{trial_id}")
+    safe = _safe(f"{study}__{trial_id}")
     return f"{safe[:80]}-{hashlib.sha256(f'{study}/{trial_id}'.encode()).hexdigest()[:12]}.parquet"
+
+
+def _files(store_dir: str | os.PathLike, studies: Iterable[str] | None) -> list[Path]:
+    """The row files that can hold rows of `studies` (all files when None): a row's file name starts with its
+    sanitized study name (a superset: the rows are still filtered by their study column), unless the name is too
+    long to show in the file name's first 80 characters."""
+    files = sorted(Path(store_dir).glob("*.parquet"))
+    if studies is None:
+        return files
+    prefixes = [_safe(f"{s}__") for s in studies]
+    if any(len(p) > 80 for p in prefixes):
+        return files
+    return [f for f in files if f.name.startswith(tuple(prefixes))]
 
 
 def normalize_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,7 +149,8 @@ def read_row(store_dir: str | os.PathLike, study: str, trial_id: str) -> dict[st
 
 def read(store_dir: str | os.PathLike, studies: Iterable[str] | None = None) -> pa.Table:
     """All rows (optionally of some studies) as one Arrow table with the store's schema."""
-    files = sorted(Path(store_dir).glob("*.parquet"))
+    studies = None if studies is None else list(studies)
+    files = _files(store_dir, studies)
     if not files:
         return SCHEMA.empty_table()
     import pyarrow.dataset as ds

@@ -71,7 +71,8 @@ class VerifyOptions:
     store_dir: str
     study: str
     source: str
-    front: bool = True  # the members of the study's (size, KLD) front
+    front: bool = True  # the members of the study's front on `front_on`
+    front_on: tuple[str, ...] = ("size", "kld")  # stored metrics the front is taken on (pareto's objective names)
     trials: tuple[str, ...] = ()  # or these trial ids (or labels)
     metrics: tuple[str, ...] = ("humaneval",)
     limit: int | None = None  # HumanEval problems (None: all 164)
@@ -84,7 +85,7 @@ class VerifyOptions:
 
 
 def members(opts: VerifyOptions) -> list[dict[str, Any]]:
-    """The stored rows to verify: named trials, or the study's front on (size, KLD)."""
+    """The stored rows to verify: named trials, or the study's front on `opts.front_on` (default size and KLD)."""
     from . import store
     from .pareto import compute_fronts
 
@@ -98,7 +99,12 @@ def members(opts: VerifyOptions) -> list[dict[str, Any]]:
             raise VerifyError(f"no complete trial {sorted(missing)[0]!r} in study {opts.study}")
         return picked
     search = [r for r in rows if r["strategy"] not in store.REFERENCE_STRATEGIES] or rows
-    return list(compute_fronts(search, ["size", "kld"])[0].points)
+    try:
+        return list(compute_fronts(search, list(opts.front_on), group_by="study")[0].points)
+    except ValueError as err:  # an unknown metric, or no row carrying every one of them
+        raise VerifyError(f"--front-on {','.join(opts.front_on)}: {err} (study {opts.study}; a metric must be "
+                          "stored by the study's trials, e.g. kld_code needs evaluation.code or kld_code among the "
+                          "space's objectives)") from None
 
 
 def reference_outcomes(model: str, limit: int | None, max_new_tokens: int, n_gpu_layers: int | None,

@@ -73,3 +73,14 @@ def test_score_agrees_with_a_plain_numpy_pass_on_gemma3(gemma3):
             logp = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
             nll.extend(-logp[np.arange(128, 255), chunk[129:]])
     assert abs(rec.ppl / np.exp(np.mean(nll)) - 1) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["gemma3-270m.yaml", "gemma3-270m-layers.yaml", "gemma3-270m-code.yaml"])
+def test_gemma3_spaces_load_on_the_model(gemma3, name):
+    from pathlib import Path
+
+    from cerebellum_ray.catalog import load_catalog
+    from cerebellum_ray.space import load_space
+
+    space = load_space(Path(__file__).resolve().parent.parent / "search_spaces" / name, load_catalog(gemma3))
+    assert space.dimensions and "kld" in space.objectives

@@ -1,6 +1,7 @@
 """Search spaces: parsing, validation against the model (errors name dimension and tensor), maps from points."""
 
 import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -145,3 +146,18 @@ def test_store_schema_is_documented():
 
     doc = open("search_spaces/README.md").read()
     assert all(f"`{name}`" in doc for name in SCHEMA.names)
+
+
+def test_every_shipped_space_passes_the_schema():
+    """Each search space in search_spaces/ (not the fixed map cerebellum-v6.yaml) is valid against SPACE_SCHEMA."""
+    from cerebellum_ray.errors import CerebellumError
+    from cerebellum_ray.schema import SPACE_SCHEMA, parse_yaml, validate
+
+    spaces = sorted((Path(__file__).resolve().parent.parent / "search_spaces").glob("*.yaml"))
+    checked = 0
+    for path in spaces:
+        if path.name == "cerebellum-v6.yaml":
+            continue
+        validate(parse_yaml(path.read_text(), str(path), CerebellumError), SPACE_SCHEMA, str(path), CerebellumError)
+        checked += 1
+    assert checked >= 6

@@ -7,7 +7,7 @@ import pytest
 
 from cerebellum_ray import store
 from cerebellum_ray.cli import main
-from cerebellum_ray.verify import VerifyError, mcnemar_exact, paired
+from cerebellum_ray.verify import VerifyError, VerifyOptions, mcnemar_exact, members, paired
 
 
 def test_mcnemar_exact_on_planted_counts():
@@ -31,6 +31,24 @@ def test_paired_comparison_on_a_planted_case():
     assert cmp.mcnemar_p == pytest.approx(mcnemar_exact(1, 3))
     with pytest.raises(VerifyError):
         paired({"a": True}, {"b": True})
+
+
+def test_front_on_picks_the_front_of_the_named_metrics(demo_store):
+    """A planted row dominated on (size, kld) but best on kld_code joins the front on (size, kld, kld_code) only."""
+    store_dir, source = demo_store
+    rows = {r["trial_id"]: r for r in store.rows(store_dir, ["demo"])}
+    for tid, code in [("t0", 0.5), ("t1", 0.3), ("t2", 0.2), ("t3", 0.1)]:
+        store.append(store_dir, {**rows[tid], "kld_code": code})
+    store.append(store_dir, {**rows["t3"], "trial_id": "t4", "kld": 0.02, "kld_code": 0.05})  # Q8_0 size, worse text
+    on_text = {r["trial_id"] for r in members(VerifyOptions(store_dir, "demo", source))}
+    on_both = {r["trial_id"] for r in members(VerifyOptions(store_dir, "demo", source,
+                                                             front_on=("size", "kld", "kld_code")))}
+    assert on_text == {"t0", "t1", "t2", "t3"}
+    assert on_both == {"t0", "t1", "t2", "t3", "t4"}
+    with pytest.raises(VerifyError, match="--front-on size,ppl_code"):
+        members(VerifyOptions(store_dir, "demo", source, front_on=("size", "ppl_code")))
+    with pytest.raises(VerifyError, match="unknown objectives"):
+        members(VerifyOptions(store_dir, "demo", source, front_on=("size", "nonsense")))
 
 
 @pytest.mark.slow
