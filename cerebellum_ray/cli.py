@@ -735,7 +735,7 @@ def cmd_solve(args) -> int:
         catalog = load_catalog(source)
     budget = make_budget(args.max_bpw, args.max_gb, args.vram_gb, args.context, catalog)
     result = solve_study(args.store, args.study, budget, space_file=args.space, source=args.source,
-                         warm_start=tuple(args.warm_start or ()))
+                         warm_start=tuple(args.warm_start or ()), metric=args.metric)
     if args.out_map:
         from .atomic import write_text
 
@@ -745,8 +745,11 @@ def cmd_solve(args) -> int:
             row = verify_solution(args.store, result, space_file=args.space, source=args.source,
                                   num_cpus=args.num_cpus, cpus_per_trial=args.cpus_per_trial,
                                   gpus_per_trial=args.gpus_per_trial)
+        m = result.metric
         result = replace(result, verified={"trial_id": row["trial_id"], "kld": row["kld"], "kld_se": row["kld_se"],
-                                           "ppl": row["ppl"], "within_2se": within(result.predicted, row["kld"])})
+                                           "kld_code": row["kld_code"], "kld_code_se": row["kld_code_se"],
+                                           "ppl": row["ppl"], "within_2se": row[m] is not None
+                                           and within(result.predicted, row[m], metric=m)})
     if args.json:
         _print_json(result.as_dict())
         return 0
@@ -756,23 +759,37 @@ def cmd_solve(args) -> int:
           f"{result.seconds:.1f} s)")
     print(f"  size {_human(result.size_bytes)} ({result.size_bytes} bytes as one file), {result.bpw:.4f} bits per "
           f"weight")
-    ppl = (f", PPL {result.predicted['ppl']:.4f} +/- {result.predicted['ppl_se']:.4f}"
-           if "ppl" in result.predicted else "")
-    print(f"  predicted KLD {result.predicted['kld']:.5f} +/- {result.predicted['kld_se']:.5f}{ppl}")
+    m, label = result.metric, _SOLVE_LABELS[result.metric]
+    print(f"  predicted {label} {result.predicted[m]:.5f} +/- {result.predicted[m + '_se']:.5f}"
+          + _predicted_others(result.predicted, m) + f"  (the map minimizes the {label})")
     if result.measured is not None:
-        print(f"  measured (trial {result.measured_trial}): KLD {result.measured['kld']:.5f} +/- "
-              f"{result.measured['kld_se'] or 0:.5f}")
+        measured = result.measured.get(m)
+        print(f"  measured (trial {result.measured_trial}): {label} "
+              + ("not scored" if measured is None else
+                 f"{measured:.5f} +/- {result.measured.get(m + '_se') or 0:.5f}"))
     else:
         print("  this exact map was never measured (--verify measures it)")
     if result.verified is not None:
         v = result.verified
-        print(f"  verified now (trial {v['trial_id']}): KLD {v['kld']:.5f} +/- {v['kld_se'] or 0:.5f}, "
+        print(f"  verified now (trial {v['trial_id']}): {label} {v[m]:.5f} +/- {v[m + '_se'] or 0:.5f}, "
               f"{'within' if v['within_2se'] else 'outside'} 2 standard errors of the prediction")
     print("  choices: " + ", ".join(f"{p}={t}" for p, t in result.choices.items()))
     if args.out_map:
         print(f"  map written to {args.out_map} (build --map {args.out_map})")
     return 0
 
+
+
+_SOLVE_LABELS = {"kld": "KLD", "kld_code": "code KLD"}
+
+
+def _predicted_others(predicted: dict, metric: str) -> str:
+    """The predictions beside the one the map was chosen by: ", code KLD x +/- y, PPL z +/- w"."""
+    parts = [f", {label} {predicted[m]:.5f} +/- {predicted[m + '_se']:.5f}" for m, label in _SOLVE_LABELS.items()
+             if m != metric and m in predicted]
+    if "ppl" in predicted:
+        parts.append(f", PPL {predicted['ppl']:.4f} +/- {predicted['ppl_se']:.4f}")
+    return "".join(parts)
 
 # ---- surgery -----------------------------------------------------------------------------------------------------
 
@@ -1112,6 +1129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=_positive, help="tokens of F16 KV cache that must fit beside the model "
                                                      "(with --vram-gb)")
     p.add_argument("--warm-start", action="append", metavar="STUDY", help="fit on this study's rows too")
+    p.add_argument("--metric", choices=["kld", "kld_code"], default="kld",
+                   help="what the map minimizes: KLD on the study's text (default) or on its code corpus")
     p.add_argument("--out-map", help="write the map (every tensor -> type) as JSON, for build --map")
     p.add_argument("--verify", action="store_true", help="measure the map as one trial of the study (one new row)")
     p.add_argument("--space", help="the space file (default: the one recorded with the study)")

@@ -93,11 +93,12 @@ def study_prior(space, catalog: ModelCatalog, source: str, imatrix_path: str | N
         cache.close()
 
 
-def fit_study(prior, rows: Iterable[Mapping[str, Any]], eval_hash: str | None) -> StudyModel:
-    """The surrogate fitted on every complete row (of `eval_hash`) whose map is a choice of the prior's table."""
+def fit_study(prior, rows: Iterable[Mapping[str, Any]], eval_hash: str | None, metric: str = "kld") -> StudyModel:
+    """The surrogate of `metric` (kld, or kld_code) fitted on every complete row (of `eval_hash`) whose map is a
+    choice of the prior's table."""
     from .surrogate import MIN_ROWS, fit_surrogate, observations_from_rows
 
-    obs, skipped = observations_from_rows(prior.table, rows, eval_hash=eval_hash)
+    obs, skipped = observations_from_rows(prior.table, rows, eval_hash=eval_hash, metric=metric)
     surrogate = fit_surrogate(prior.table, obs, prior) if len(obs) >= MIN_ROWS else None
     observed = tuple((prior.table.size_of_levels(o.levels), o.kld) for o in obs)
     return StudyModel(prior, surrogate, len(obs), skipped, observed)

@@ -300,9 +300,9 @@ def score_stream(model_path: str | os.PathLike, spec: EvalSpec, reference: Refer
 
 
 def score(model_path, spec: EvalSpec, reference: Reference | None = None,
-          config: RunnerConfig | None = None) -> ScoreRecord:
-    """The final record (the last one `score_stream` yields)."""
-    *_, last = score_stream(model_path, spec, reference, config)
+          config: RunnerConfig | None = None, runner: LlamaRunner | None = None) -> ScoreRecord:
+    """The final record (the last one `score_stream` yields); `runner`: a loaded model to reuse."""
+    *_, last = score_stream(model_path, spec, reference, config, runner=runner)
     return last
 
 

@@ -5,6 +5,9 @@
     ──► the map, its exact file size, the predicted KLD with its standard error, and the row that measured exactly
         this map under the study's evaluation (if any); --verify: one trial of it, stored as strategy "solve".
 
+The map is the least predicted mean KLD on the study's text, or with `metric="kld_code"` on its code corpus (a
+study scored with evaluation.code); the other KLD and the PPL are predicted beside it by their own fits.
+
 The study's space, source and imatrix come from <store>/_studies/<study>.json (written by every search), or from
 --space/--source for a study stored before those records existed.
 """
@@ -21,7 +24,8 @@ from typing import Any
 from . import store
 from .errors import CerebellumError
 
-MEASURED_COLUMNS = ("kld", "kld_se", "ppl", "ppl_se", "kld_code", "humaneval", "mc_acc", "same_top")
+MEASURED_COLUMNS = ("kld", "kld_se", "ppl", "ppl_se", "kld_code", "kld_code_se", "humaneval", "mc_acc", "same_top")
+SOLVE_METRICS = ("kld", "kld_code")  # what a map can be solved for
 
 
 class SolveError(CerebellumError):
@@ -45,15 +49,17 @@ class SolveResult:
     size_bytes: int  # the file build/export writes (one file, 32-byte alignment)
     tensor_bytes: int
     bpw: float
-    predicted: Mapping[str, float]  # kld, kld_se
+    predicted: Mapping[str, float]  # kld, kld_se (and kld_code, kld_code_se, ppl, ppl_se where the rows have them)
     measured: Mapping[str, float | None] | None  # the stored row of exactly this map, or None
     measured_trial: str | None
     fit: Mapping[str, Any]  # rows, leave-one-out Spearman and relative RMSE, interactions
     seconds: float
     verified: Mapping[str, Any] | None = field(default=None)
+    metric: str = "kld"  # what the map minimizes under the budget
 
     def as_dict(self) -> dict[str, Any]:
-        return {"study": self.study, "budget": self.budget, "map": dict(self.map), "bpw": self.bpw,
+        return {"study": self.study, "budget": self.budget, "metric": self.metric, "map": dict(self.map),
+                "bpw": self.bpw,
                 "size_bytes": self.size_bytes, "tensor_bytes": self.tensor_bytes, "point": dict(self.point),
                 "choices": dict(self.choices), "predicted": dict(self.predicted),
                 "measured": None if self.measured is None else dict(self.measured),
@@ -109,8 +115,11 @@ def _fit_summary(model) -> dict[str, Any]:
 
 
 def solve_study(store_dir: str, study: str, budget: Budget, *, space_file: str | None = None,
-                source: str | None = None, warm_start: Sequence[str] = ()) -> SolveResult:
-    """The surrogate's best map of the study's space under `budget` (see the module docstring)."""
+                source: str | None = None, warm_start: Sequence[str] = (), metric: str = "kld") -> SolveResult:
+    """The surrogate's best map of the study's space under `budget`, by predicted `metric` (see the module
+    docstring)."""
+    if metric not in SOLVE_METRICS:
+        raise SolveError(f"--metric {metric}: solve minimizes {' or '.join(SOLVE_METRICS)}")
     from .build import predicted_file_size
     from .catalog import load_catalog
     from .guided import check_objectives, fit_study, study_prior
@@ -132,10 +141,12 @@ def solve_study(store_dir: str, study: str, budget: Budget, *, space_file: str |
     if not any(r["study"] == study for r in rows):
         raise SolveError(f"{store_dir}: study {study!r} has no rows")
     eval_hash = record.get("eval_hash") or _most_common(r["eval_hash"] for r in rows if r["study"] == study)
-    model = fit_study(prior, rows, eval_hash)
+    model = fit_study(prior, rows, eval_hash, metric)
     if model.surrogate is None:
-        raise SolveError(f"study {study!r}: {model.n_rows} of its rows are maps of this space with a KLD; a "
-                         "surrogate needs at least 3: run more trials (search --strategy guided)")
+        code = " (kld_code needs a study scored on code: evaluation.code, or kld_code among its objectives)"
+        raise SolveError(f"study {study!r}: {model.n_rows} of its rows are maps of this space with a {metric}; a "
+                         "surrogate needs at least 3: run more trials (search --strategy guided)"
+                         + (code if metric == "kld_code" else ""))
     problem = model.surrogate.problem()
     solver = Solver(problem)
     imatrix = None
@@ -168,7 +179,10 @@ def solve_study(store_dir: str, study: str, budget: Budget, *, space_file: str |
     if n_bytes != sol.size_bytes:
         raise AssertionError(f"solver size {sol.size_bytes} != the map's tensor bytes {n_bytes}")
     mean, se = model.surrogate.predict([sol.point])
-    predicted = {"kld": float(mean[0]), "kld_se": float(se[0]), **_predicted_ppl(prior, rows, eval_hash, sol.point)}
+    predicted = {metric: float(mean[0]), f"{metric}_se": float(se[0])}
+    for other in ("kld", "kld_code", "nll"):
+        if other != metric:
+            predicted.update(_predicted_other(prior, rows, eval_hash, sol.point, other))
     measured_row = _measured(rows, study, pmap.digest, eval_hash)
     return SolveResult(
         study=study, budget=budget.text, point=dict(sol.point), choices=dict(sol.choices), map=dict(pmap.types),
@@ -176,19 +190,21 @@ def solve_study(store_dir: str, study: str, budget: Budget, *, space_file: str |
         predicted=predicted,
         measured=None if measured_row is None else {c: measured_row.get(c) for c in MEASURED_COLUMNS},
         measured_trial=None if measured_row is None else measured_row["trial_id"],
-        fit=_fit_summary(model), seconds=time.perf_counter() - started)
+        fit=_fit_summary(model), seconds=time.perf_counter() - started, metric=metric)
 
 
-def _predicted_ppl(prior, rows, eval_hash: str | None, point) -> dict[str, float]:
-    """PPL of the solved map from a second fit of the same model class on the rows' ln PPL (mean NLL per token is
-    additive in the same first-order sense as KLD); {} when too few rows have a PPL. The map itself is chosen by
-    KLD alone."""
+def _predicted_other(prior, rows, eval_hash: str | None, point, metric: str) -> dict[str, float]:
+    """A metric the map was not chosen by (the other KLD, or PPL from a fit on ln PPL: mean NLL per token is
+    additive in the same first-order sense as KLD), from its own fit of the same model class; {} when fewer than
+    3 rows carry it."""
     from .surrogate import MIN_ROWS, fit_surrogate, observations_from_rows
 
-    obs, _ = observations_from_rows(prior.table, rows, eval_hash=eval_hash, metric="nll")
+    obs, _ = observations_from_rows(prior.table, rows, eval_hash=eval_hash, metric=metric)
     if len(obs) < MIN_ROWS:
         return {}
     mean, se = fit_surrogate(prior.table, obs, prior).predict([point])
+    if metric != "nll":
+        return {metric: float(mean[0]), f"{metric}_se": float(se[0])}
     ppl = math.exp(float(mean[0]))
     return {"ppl": ppl, "ppl_se": ppl * float(se[0])}
 
@@ -227,10 +243,11 @@ def verify_solution(store_dir: str, result: SolveResult, *, space_file: str | No
                          "was edited): a verified row would not be comparable")
     cluster = init_ray(opts)
     key = point_key(result.point)
+    predicted = ({"predicted_kld": result.predicted["kld"], "predicted_kld_se": result.predicted["kld_se"]}
+                 if "kld" in result.predicted else {})  # the text KLD's prediction (store column predicted_kld)
     run_points(ctx, opts, trial_resources(opts, cluster), [result.point], "solve", "verify",
-               labels={key: f"solve {result.budget}"},
-               extra={key: {"phase": "verify", "predicted_kld": result.predicted["kld"],
-                            "predicted_kld_se": result.predicted["kld_se"]}})
+               labels={key: f"solve {result.budget}" + (f" by {result.metric}" if result.metric != "kld" else "")},
+               extra={key: {"phase": "verify", **predicted}})
     new = [r for r in store.rows(store_dir, [result.study]) if r["trial_id"] not in before]
     if len(new) != 1:
         raise SolveError(f"the verifying trial left {len(new)} rows; see the Ray Tune logs under "
@@ -238,9 +255,10 @@ def verify_solution(store_dir: str, result: SolveResult, *, space_file: str | No
     return new[0]
 
 
-def within(result_predicted: Mapping[str, float], measured_kld: float, n_se: float = 2.0) -> bool:
-    """Whether a measured KLD lies within n_se predicted standard errors of the prediction."""
-    return abs(measured_kld - result_predicted["kld"]) <= n_se * result_predicted["kld_se"]
+def within(result_predicted: Mapping[str, float], measured: float, n_se: float = 2.0, metric: str = "kld") -> bool:
+    """Whether a measured value of `metric` lies within n_se predicted standard errors of its prediction."""
+    return abs(measured - result_predicted[metric]) <= n_se * result_predicted[f"{metric}_se"]
 
 
-__all__ = ["Budget", "SolveError", "SolveResult", "make_budget", "solve_study", "verify_solution", "within"]
+__all__ = ["Budget", "SOLVE_METRICS", "SolveError", "SolveResult", "make_budget", "solve_study", "verify_solution",
+           "within"]

@@ -86,7 +86,8 @@ def observation(table: ChoiceTable, point: Mapping[str, int], kld: float, kld_se
     return Observation(table.levels_of_point(point), float(kld), None if kld_se is None else float(kld_se), label)
 
 
-METRICS = ("kld", "nll")  # what a surrogate can be fitted on: mean KLD, or mean NLL = ln(PPL) (per-token, additive)
+METRICS = ("kld", "kld_code", "nll")  # what a surrogate can be fitted on: mean KLD (text or code corpus), or mean
+#                                        NLL = ln(PPL) (per-token, additive)
 
 
 def _metric_of(row: Mapping, metric: str) -> tuple[float | None, float | None]:
@@ -94,9 +95,9 @@ def _metric_of(row: Mapping, metric: str) -> tuple[float | None, float | None]:
     def finite(x):
         return x is not None and math.isfinite(float(x))
 
-    if metric == "kld":
-        return (float(row["kld"]) if finite(row.get("kld")) else None,
-                float(row["kld_se"]) if finite(row.get("kld_se")) else None)
+    if metric in ("kld", "kld_code"):
+        return (float(row[metric]) if finite(row.get(metric)) else None,
+                float(row[f"{metric}_se"]) if finite(row.get(f"{metric}_se")) else None)
     if metric == "nll":
         ppl, se = row.get("ppl"), row.get("ppl_se")
         if not finite(ppl) or float(ppl) <= 0:
@@ -107,9 +108,10 @@ def _metric_of(row: Mapping, metric: str) -> tuple[float | None, float | None]:
 
 def observations_from_rows(table: ChoiceTable, rows: Iterable[Mapping], eval_hash: str | None = None,
                            metric: str = "kld") -> tuple[tuple[Observation, ...], int]:
-    """(observations, rows skipped) from result-store rows: complete rows with the metric (a KLD, or a PPL for
-    metric "nll"; of `eval_hash` when given) whose map (or, without a map, params) is a choice of the table; the
-    others are counted as skipped. The observation's `kld` field then holds that metric."""
+    """(observations, rows skipped) from result-store rows: complete rows with the metric (a KLD on the text or
+    the code corpus, or a PPL for metric "nll"; of `eval_hash` when given) whose map (or, without a map, params) is
+    a choice of the table; the others are counted as skipped. The observation's `kld` field then holds that
+    metric."""
     out, skipped = [], 0
     for row in rows:
         value, se = _metric_of(row, metric) if row.get("status") == "complete" else (None, None)

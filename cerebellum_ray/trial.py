@@ -179,8 +179,9 @@ def _code_metrics(ctx: TrialContext, model: Path, runner: LlamaRunner) -> dict[s
     if not code_text:
         return {}
     ev = ctx.space.evaluation
-    rec = score(model, EvalSpec(code_text, n_ctx=ev.ctx, n_chunks=ev.chunks), getattr(ctx, "code_reference", None),
-                runner=runner)
+    spec = EvalSpec(code_text, n_ctx=ev.ctx, n_chunks=ev.chunks, top_k=ev.top_k,
+                    tail_samples=getattr(ev, "tail_samples", 0))  # as the study's code reference was computed
+    rec = score(model, spec, getattr(ctx, "code_reference", None), runner=runner)
     out = {"ppl_code": rec.ppl, "ppl_code_se": rec.ppl_se}
     if rec.kld is not None:
         out.update(kld_code=rec.kld, kld_code_se=rec.kld_se, same_top_code=rec.same_top)

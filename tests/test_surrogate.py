@@ -217,6 +217,9 @@ def test_observations_from_store_rows():
     nll, skipped = observations_from_rows(table, rows, eval_hash="e", metric="nll")
     assert len(nll) == 1 and skipped == 5
     assert nll[0].kld == pytest.approx(math.log(20.0)) and nll[0].kld_se == pytest.approx(0.5 / 20.0)
+    rows[0].update(kld_code=0.7, kld_code_se=0.02)
+    code, skipped = observations_from_rows(table, rows, eval_hash="e", metric="kld_code")
+    assert len(code) == 1 and skipped == 5 and (code[0].kld, code[0].kld_se) == (0.7, 0.02)
     with pytest.raises(SurrogateError, match="unknown surrogate metric 'ppl'"):
         observations_from_rows(table, rows, metric="ppl")
 
