@@ -127,3 +127,45 @@ def test_the_batch_adds_the_most_hypervolume_first():
     assert hypervolume_batch(measured, sizes, values, 5) == [0, 3, 2]  # (5, 0.6) after (5, 0.5), (11, 0.5): nothing
     assert hypervolume_batch(measured, sizes, values, 1) == [0]
 
+
+
+def test_solve_by_code_kld_picks_what_the_code_corpus_prefers(tiny_models, tmp_path):
+    """Planted rows where the text KLD depends only on attn_q and the code KLD only on ffn_gate_up: at the same
+    budget, solving by kld spends the bytes on attn_q and solving by kld_code on ffn_gate_up; each answer predicts
+    the other metric beside its own."""
+    import random
+
+    from cerebellum_ray.precision_map import tensor_bytes
+
+    source = str(tiny_models["gemma4"])
+    catalog = load_catalog(source)
+    space = load_space(SPACE, catalog)
+    dims = {d.param: len(d.types) for d in space.dimensions}
+    rng = random.Random(0)
+    points = [{}] + [{p: rng.randrange(n) for p, n in dims.items()} for _ in range(60)]
+    for i, point in enumerate(points):
+        full = {p: point.get(p, 0) for p in dims}
+        text = 0.05 + sum(0.2 / (1 + full[p]) for p in dims if p.startswith("attn_q"))
+        code = 0.05 + 0.5 / (1 + full["ffn_gate_up"])
+        pmap = space.map_for(catalog, point)
+        size = tensor_bytes(catalog, pmap)
+        store.append(tmp_path / "store", {
+            "study": "p", "trial_id": f"t{i}", "strategy": "optuna", "status": "complete", "map": dict(pmap.types),
+            "map_hash": pmap.digest, "size_bytes": size, "bpw": 8 * size / catalog.n_elements, "kld": text,
+            "kld_se": 1e-3 * text, "kld_code": code, "kld_code_se": 1e-3 * code, "eval_hash": "e",
+            "params": json.dumps(point)})
+    bpws = sorted(8 * tensor_bytes(catalog, space.map_for(catalog, p)) / catalog.n_elements for p in points)
+    budget = make_budget(max_bpw=bpws[len(bpws) // 2])
+    by_text = solve_study(str(tmp_path / "store"), "p", budget, space_file=SPACE, source=source)
+    by_code = solve_study(str(tmp_path / "store"), "p", budget, space_file=SPACE, source=source, metric="kld_code")
+    assert by_text.metric == "kld" and by_code.metric == "kld_code"
+    assert by_code.choices["ffn_gate_up"] == space_types(space, "ffn_gate_up")[-1]  # the largest type
+    assert by_code.predicted["kld_code"] < by_text.predicted["kld_code"]
+    assert by_text.predicted["kld"] < by_code.predicted["kld"]
+    assert {"kld", "kld_se", "kld_code", "kld_code_se"} <= set(by_text.predicted) & set(by_code.predicted)
+    with pytest.raises(SolveError, match="--metric ppl"):
+        solve_study(str(tmp_path / "store"), "p", budget, space_file=SPACE, source=source, metric="ppl")
+
+
+def space_types(space, param: str) -> tuple[str, ...]:
+    return next(d.types for d in space.dimensions if d.param == param)
