@@ -779,7 +779,6 @@ def cmd_solve(args) -> int:
     return 0
 
 
-
 _SOLVE_LABELS = {"kld": "KLD", "kld_code": "code KLD"}
 
 
@@ -790,6 +789,7 @@ def _predicted_others(predicted: dict, metric: str) -> str:
     if "ppl" in predicted:
         parts.append(f", PPL {predicted['ppl']:.4f} +/- {predicted['ppl_se']:.4f}")
     return "".join(parts)
+
 
 # ---- surgery -----------------------------------------------------------------------------------------------------
 

@@ -82,7 +82,7 @@ FLOAT_COLUMNS = tuple(name for name, typ, _ in COLUMNS if typ == _F)
 
 def safe_name(name: str) -> str:
     """A file name for `name`: its safe characters (at most 80) and a digest of the whole (never two names alike)."""
-    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:80]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    return f"{_safe(name)[:80]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 
 def _safe(text: str) -> str:
