@@ -33,7 +33,7 @@ import numpy as np
 from cerebellum_ray.build import build
 from cerebellum_ray.catalog import load_catalog
 from cerebellum_ray.corpus import default_text
-from cerebellum_ray.llama_runner import LlamaRunner, RunnerConfig
+from cerebellum_ray.llama_runner import LlamaRunner, RunnerConfig, llama_tool_flags
 from cerebellum_ray.logprobs import llama_percentile, log_normalizer
 from cerebellum_ray.precision_map import MapSpec, resolve
 from cerebellum_ray.reference import save_reference
@@ -65,7 +65,7 @@ def exact(ref: np.ndarray, q: np.ndarray, rows: int = 64) -> dict:
 
 def llama_kld(base_file: Path, model: Path, text_file: Path, n_ctx: int, chunks: int) -> dict:
     run = [str(TOOL), "-m", str(model), "-c", str(n_ctx), "-b", "2048", "-t", str(os.cpu_count()),
-           "--kl-divergence-base", str(base_file), "--kl-divergence"]
+           "--kl-divergence-base", str(base_file), "--kl-divergence", *llama_tool_flags()]
     out = subprocess.run(run, capture_output=True, text=True, check=True, timeout=3600)
     text = out.stdout + out.stderr
 
@@ -95,7 +95,8 @@ def main() -> None:
     text_file.write_text(text + "\n")  # llama-perplexity -f drops one trailing newline
     base_file = WORK / "reference.kld"
     subprocess.run([str(TOOL), "-m", str(ref_model), "-f", str(text_file), "-c", str(args.ctx), "-b", "2048",
-                    "--chunks", str(args.chunks), "-t", str(os.cpu_count()), "--kl-divergence-base", str(base_file)],
+                    "--chunks", str(args.chunks), "-t", str(os.cpu_count()), "--kl-divergence-base", str(base_file),
+                    *llama_tool_flags()],
                    check=True, capture_output=True, timeout=3600)
     ref_logits = full_logits(ref_model, text, args.ctx, args.chunks)
     ks = [int(k) for k in args.k.split(",")]

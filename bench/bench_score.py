@@ -32,7 +32,7 @@ from cerebellum_ray.catalog import load_catalog
 from cerebellum_ray.corpus import default_text
 from cerebellum_ray.generate import HUMANEVAL_STOPS, generate_greedy
 from cerebellum_ray.humaneval import load_problems
-from cerebellum_ray.llama_runner import LlamaRunner, RunnerConfig, gpu_available
+from cerebellum_ray.llama_runner import LlamaRunner, RunnerConfig, align_high_level_llama, gpu_available, llama_tool_flags
 from cerebellum_ray.logprobs import full_kld
 from cerebellum_ray.precision_map import MapSpec, resolve
 from cerebellum_ray.score import EvalSpec, chunk_logits, compute_reference, score
@@ -68,7 +68,7 @@ def models(which: str) -> dict[str, Path]:
 def run_llama_perplexity(binary: str, model: Path, text_file: Path, n_ctx: int, chunks: int) -> tuple[float, float]:
     t0 = time.perf_counter()
     proc = subprocess.run([binary, "-m", str(model), "-f", str(text_file), "-c", str(n_ctx), "--chunks", str(chunks),
-                           "-t", str(os.cpu_count()), "-b", "2048"], capture_output=True, text=True)
+                           "-t", str(os.cpu_count()), "-b", "2048", *llama_tool_flags()], capture_output=True, text=True)
     wall = time.perf_counter() - t0
     m = re.search(r"Final estimate: PPL = ([0-9.]+)", proc.stdout + proc.stderr)
     if not m:
@@ -233,6 +233,7 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=16)
     ap.add_argument("--only", choices=["ppl", "generation", "topk"], help="run one part only")
     args = ap.parse_args()
+    align_high_level_llama()  # its llama_cpp.Llama baseline loads weights as our runner does
     binary = args.llama_perplexity if Path(args.llama_perplexity).exists() else None
     ms = models(args.models)
     device = "all layers on the GPU" if gpu_available() else "CPU only"

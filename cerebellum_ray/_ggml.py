@@ -360,6 +360,47 @@ def devices() -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_extra_buffer_types() -> tuple[str, ...]:
+    """Names of the CPU backend's extra weight buffer types (e.g. "CPU_REPACK", "AMX"): the repacked layouts
+    llama.cpp loads weights into when `use_extra_bufts` is on (its default). Asked through ggml's public registry
+    (`ggml_backend_dev_get_extra_bufts`), as llama.cpp itself does; () when the build has none."""
+    from ._llama import llama_cpp
+
+    llama_cpp.llama_backend_init()
+    candidates = [c for c in sorted(_llama_cpp_lib_dir().glob("libggml.*")) if c.name.split(".")[0] == "libggml"]
+    if not candidates:
+        return ()
+    reg = ctypes.CDLL(str(candidates[0]))
+    reg.ggml_backend_dev_count.restype = ctypes.c_size_t
+    reg.ggml_backend_dev_get.restype = ctypes.c_void_p
+    reg.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    base = _lib()
+    base.ggml_backend_dev_type.restype = ctypes.c_int
+    base.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    base.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
+    base.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
+    base.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+    base.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    base.ggml_backend_buft_name.restype = ctypes.c_char_p
+    base.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
+    get_extra = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)
+    for i in range(int(reg.ggml_backend_dev_count())):
+        dev = reg.ggml_backend_dev_get(i)
+        if DEVICE_TYPES[int(base.ggml_backend_dev_type(dev))] != "CPU":
+            continue
+        address = base.ggml_backend_reg_get_proc_address(base.ggml_backend_dev_backend_reg(dev),
+                                                         b"ggml_backend_dev_get_extra_bufts")
+        if not address:
+            return ()
+        bufts = get_extra(address)(dev)
+        names = []
+        while bufts and bufts[len(names)]:
+            names.append((base.ggml_backend_buft_name(bufts[len(names)]) or b"").decode("utf-8", "replace"))
+        return tuple(names)
+    return ()
+
+
 def device_name(gpu: bool) -> str:
     """What runs a model: the first GPU's description when layers are offloaded, else "CPU: <description>"."""
     devs = devices()

@@ -59,6 +59,45 @@ def gpu_available() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload()) and os.environ.get("CUDA_VISIBLE_DEVICES", "x") != ""
 
 
+def use_extra_buffers() -> bool:
+    """Whether to let llama.cpp load CPU weights into its extra (repacked) buffer types, as it does by default.
+
+    Not when the build has ggml's AMX buffer type (a native build on a CPU with AMX, such as Sapphire Rapids):
+    with llama-cpp-python 0.3.36 its matrix multiply crashed the process (SIGSEGV in ggml_backend_amx_mul_mat) on
+    K-quant models, Gemma 3 270M's Q4_K_M file among them, on this project's 2-core CI machines. Weights then stay
+    in ggml's plain CPU layout (the CPU_REPACK layouts are given up too: llama.cpp offers no per-type switch).
+    CEREBELLUM_EXTRA_BUFFERS=1 turns them back on, =0 off everywhere."""
+    choice = os.environ.get("CEREBELLUM_EXTRA_BUFFERS", "").strip()
+    if choice in ("0", "1"):
+        return choice == "1"
+    from ._ggml import cpu_extra_buffer_types
+
+    return "AMX" not in cpu_extra_buffer_types()
+
+
+def llama_tool_flags() -> list[str]:
+    """Flags for llama.cpp's model-running tools (llama-perplexity, llama-imatrix) that give them the weight layout
+    this runner uses: --no-repack where `use_extra_buffers()` is False."""
+    return [] if use_extra_buffers() else ["--no-repack"]
+
+
+def align_high_level_llama() -> None:
+    """Make llama-cpp-python's high-level `llama_cpp.Llama` (which the tests and benchmarks use as an independent
+    path) load weights in this runner's layout: its model parameters then carry `use_extra_buffers()`. Patches
+    llama-cpp-python's own default-parameters function in this process; call it before creating a `Llama`."""
+    import llama_cpp.llama_cpp as low
+
+    default = getattr(low.llama_model_default_params, "_cerebellum_original", low.llama_model_default_params)
+
+    def params():
+        p = default()
+        p.use_extra_bufts = use_extra_buffers()
+        return p
+
+    params._cerebellum_original = default
+    low.llama_model_default_params = params
+
+
 class LlamaError(CerebellumError):
     """llama.cpp refused a model, a context or a batch; the message says which and why."""
 
@@ -139,6 +178,7 @@ class LlamaRunner:
         if gpu_layers is None:
             gpu_layers = -1 if gpu_available() else 0
         mparams.n_gpu_layers = gpu_layers
+        mparams.use_extra_bufts = use_extra_buffers()
         if not os.path.isfile(model_path):
             raise LlamaError(f"{model_path}: no such model file")
         _llama_says()

@@ -8,6 +8,10 @@ import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from cerebellum_ray.llama_runner import align_high_level_llama  # noqa: E402
+
+align_high_level_llama()  # tests compare with llama_cpp.Llama: same weight layout as our runner (no AMX crash)
+
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):

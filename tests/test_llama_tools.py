@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cerebellum_ray.corpus import default_text
-from cerebellum_ray.llama_runner import RunnerConfig
+from cerebellum_ray.llama_runner import RunnerConfig, llama_tool_flags
 from cerebellum_ray.score import EvalSpec, score
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +39,10 @@ def corpus_file(tmp_path_factory) -> Path:
 def run_tool(args: list[str], needle: str, attempts: int = 4) -> str:
     """A llama.cpp tool's output (stdout + stderr) once it holds `needle`. Their logger writes from a worker thread
     and can drop the last lines when the process exits (seen here under load, exit status 0): such runs are
-    repeated."""
+    repeated. The model-running tools get --no-repack when our runner loads weights without llama.cpp's extra
+    buffer types (llama_runner.llama_tool_flags), so both programs multiply the same weight layout."""
+    if Path(args[0]).name in ("llama-perplexity", "llama-imatrix"):
+        args = [*args, *(f for f in llama_tool_flags() if f not in args)]
     for _ in range(attempts):
         proc = subprocess.run(args, capture_output=True, text=True, timeout=900)
         output = proc.stdout + proc.stderr
@@ -94,7 +97,7 @@ def test_kld_equals_llama_perplexity(tools, corpus_file, tiny_models, tmp_path):
     build(base, resolve(load_catalog(base), MapSpec(base="Q3_K_S")), quant, n_threads=2)
     n_ctx, chunks = 128, 8
     base_file = tmp_path / "base.kld"
-    run = [str(tools / "llama-perplexity"), "-c", str(n_ctx), "-b", "2048", "-t", "2"]
+    run = [str(tools / "llama-perplexity"), "-c", str(n_ctx), "-b", "2048", "-t", "2", *llama_tool_flags()]
     subprocess.run(run + ["-m", str(base), "-f", str(corpus_file), "--chunks", str(chunks),
                           "--kl-divergence-base", str(base_file)], check=True, capture_output=True, timeout=900)
     theirs = _llama_kld_stats(run_tool(run + ["-m", str(quant), "--kl-divergence-base", str(base_file),
