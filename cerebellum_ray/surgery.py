@@ -319,6 +319,37 @@ def surgery(
     return report(written=True, check=seen)
 
 
+_FINITE_CHECK_ELEMENTS = 1 << 22  # floats dequantized at a time (16 MiB)
+
+
+def _require_finite(name: str, type_name: str, data, n_per_row: int) -> None:
+    """Refuse a recast tensor whose new data does not dequantize (with ggml's own code) to finite values.
+
+    llama.cpp's run check alone does not catch it: whether NaN weights reach the logits depends on the kernels (with
+    ggml's plain CPU layout a NaN-scaled attn_q gave finite, varying logits)."""
+    import numpy as np
+
+    from . import _ggml
+    from .ggml_types import ggml_type
+
+    kind = ggml_type(type_name)
+    row_bytes = kind.row_bytes(n_per_row)
+    rows_per_step = max(1, _FINITE_CHECK_ELEMENTS // n_per_row)
+    raw = np.frombuffer(memoryview(data).cast("B"), np.uint8)
+    n_rows = raw.size // row_bytes
+    out = np.empty(rows_per_step * n_per_row, np.float32)
+    bad = 0
+    for first in range(0, n_rows, rows_per_step):
+        n = min(rows_per_step, n_rows - first)
+        chunk = np.ascontiguousarray(raw[first * row_bytes:(first + n) * row_bytes])
+        _ggml.to_float(kind.id, chunk, n * n_per_row, out)
+        bad += int((~np.isfinite(out[:n * n_per_row])).sum())
+    if bad:
+        raise SurgeryError(f"{name}: recast to {type_name}, it dequantizes to {bad} NaN/inf values of "
+                           f"{n_rows * n_per_row}; nothing was written. The source tensor or the quantizer is at "
+                           "fault: check the source with `cerebellum-ray inspect`")
+
+
 def _write(plan: SurgeryPlan, fds: list[int], tmp: Path, n_threads: int | None) -> None:
     from . import gguf_io
     from .build import pread  # pread per range into a numpy buffer: the builder's reader
@@ -346,6 +377,7 @@ def _write(plan: SurgeryPlan, fds: list[int], tmp: Path, n_threads: int | None) 
                 data = quantize_tensor(job, read_rows, plan.vectors.get(t.name), n_threads)
                 if data.nbytes != slot.n_bytes:
                     raise AssertionError(f"{t.name}: quantized to {data.nbytes} bytes, layout says {slot.n_bytes}")
+                _require_finite(t.name, job.dst_type, data, t.n_per_row)
                 f.write(memoryview(data))
             gguf_io.write_padding(f, slot.n_bytes, layout.alignment)
         if f.tell() != layout.file_size:

@@ -229,8 +229,9 @@ def test_failed_check_leaves_input_untouched_and_no_temp_file(quantized, tmp_pat
         assert _listing(tmp_path) == ["model.gguf"]
 
 
-def test_corrupted_result_is_caught_by_the_real_llama_cpp_check(quantized, tmp_path, monkeypatch):
-    """A recast with NaN scales loads in llama.cpp but computes garbage: the check refuses it, nothing replaced."""
+def test_corrupted_result_is_caught_before_anything_is_replaced(quantized, tmp_path, monkeypatch):
+    """A recast with NaN scales loads in llama.cpp but computes garbage (NaN logits with some kernels, finite ones
+    with others): its dequantized values are checked, and it is refused with nothing replaced."""
     from cerebellum_ray import quantize
 
     real = quantize.quantize_tensor
@@ -245,7 +246,7 @@ def test_corrupted_result_is_caught_by_the_real_llama_cpp_check(quantized, tmp_p
     path = tmp_path / "model.gguf"
     shutil.copyfile(quantized["Q4_K_M"], path)
     before = path.read_bytes()
-    with pytest.raises(SurgeryError, match="same logit for every token|NaN/inf logits"):
+    with pytest.raises(SurgeryError, match=r"attn_q\.weight: recast to Q8_0, it dequantizes to \d+ NaN/inf values"):
         surgery(path, [r"attn_q\.weight=Q8_0"], path)
     assert path.read_bytes() == before
     assert _listing(tmp_path) == ["model.gguf"]
@@ -274,3 +275,20 @@ def test_cli_dry_run_people_and_json(quantized, tmp_path, capsys):
     assert data_written["check"].startswith("ok")
     assert _cli(["surgery", str(src), *sets]) == 2
     assert "--out OUT.gguf is required" in capsys.readouterr().err
+
+
+def test_llama_cpp_check_refuses_a_model_that_computes_nan(quantized, tmp_path):
+    """The run check itself: NaN in the final norm's weights reaches every logit, whatever the kernels."""
+    from cerebellum_ray.catalog import load_catalog
+    from cerebellum_ray.surgery import check_runs
+
+    path = tmp_path / "model.gguf"
+    shutil.copyfile(quantized["Q4_K_M"], path)
+    assert check_runs(path).startswith("ok:")
+    norm = next(t for t in load_catalog(path).tensors if t.name == "output_norm.weight")
+    assert norm.type == "F32"
+    with open(path, "r+b") as f:
+        f.seek(norm.data_offset)
+        f.write(np.full(norm.n_elements, np.nan, np.float32).tobytes())
+    with pytest.raises(SurgeryError, match="NaN/inf logits|same logit for every token"):
+        check_runs(path)
