@@ -333,15 +333,15 @@ DEVICE_TYPES = ("CPU", "GPU", "IGPU", "ACCEL", "META")  # enum ggml_backend_dev_
 
 
 @functools.lru_cache(maxsize=1)
-def devices() -> tuple[tuple[str, str], ...]:
-    """(type, description) of every device llama.cpp's ggml can run on, e.g. ("GPU", "NVIDIA H200")."""
+def _backend_registry():
+    """(libggml, libggml-base) with ggml's device-registry calls declared, backends registered; None without
+    libggml."""
     from ._llama import llama_cpp
 
     llama_cpp.llama_backend_init()  # registers the backends (CPU, and CUDA in a CUDA build)
-    candidates = sorted(_llama_cpp_lib_dir().glob("libggml.*"))
-    candidates = [c for c in candidates if c.name.split(".")[0] == "libggml"]
+    candidates = [c for c in sorted(_llama_cpp_lib_dir().glob("libggml.*")) if c.name.split(".")[0] == "libggml"]
     if not candidates:
-        return ()
+        return None
     reg = ctypes.CDLL(str(candidates[0]))
     reg.ggml_backend_dev_count.restype = ctypes.c_size_t
     reg.ggml_backend_dev_get.restype = ctypes.c_void_p
@@ -351,6 +351,16 @@ def devices() -> tuple[tuple[str, str], ...]:
     base.ggml_backend_dev_description.argtypes = [ctypes.c_void_p]
     base.ggml_backend_dev_type.restype = ctypes.c_int
     base.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    return reg, base
+
+
+@functools.lru_cache(maxsize=1)
+def devices() -> tuple[tuple[str, str], ...]:
+    """(type, description) of every device llama.cpp's ggml can run on, e.g. ("GPU", "NVIDIA H200")."""
+    registry = _backend_registry()
+    if registry is None:
+        return ()
+    reg, base = registry
     out = []
     for i in range(int(reg.ggml_backend_dev_count())):
         dev = reg.ggml_backend_dev_get(i)
@@ -365,19 +375,10 @@ def cpu_extra_buffer_types() -> tuple[str, ...]:
     """Names of the CPU backend's extra weight buffer types (e.g. "CPU_REPACK", "AMX"): the repacked layouts
     llama.cpp loads weights into when `use_extra_bufts` is on (its default). Asked through ggml's public registry
     (`ggml_backend_dev_get_extra_bufts`), as llama.cpp itself does; () when the build has none."""
-    from ._llama import llama_cpp
-
-    llama_cpp.llama_backend_init()
-    candidates = [c for c in sorted(_llama_cpp_lib_dir().glob("libggml.*")) if c.name.split(".")[0] == "libggml"]
-    if not candidates:
+    registry = _backend_registry()
+    if registry is None:
         return ()
-    reg = ctypes.CDLL(str(candidates[0]))
-    reg.ggml_backend_dev_count.restype = ctypes.c_size_t
-    reg.ggml_backend_dev_get.restype = ctypes.c_void_p
-    reg.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-    base = _lib()
-    base.ggml_backend_dev_type.restype = ctypes.c_int
-    base.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    reg, base = registry
     base.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
     base.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
     base.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p

@@ -64,7 +64,7 @@ def use_extra_buffers() -> bool:
 
     Not when the build has ggml's AMX buffer type (a native build on a CPU with AMX, such as Sapphire Rapids):
     with llama-cpp-python 0.3.36 its matrix multiply crashed the process (SIGSEGV in ggml_backend_amx_mul_mat) on
-    K-quant models, Gemma 3 270M's Q4_K_M file among them, on this project's 2-core CI machines. Weights then stay
+    K-quant models, Gemma 3 270M's Q4_K_M file among them, on an AMX Xeon of this project's machines. Weights then stay
     in ggml's plain CPU layout (the CPU_REPACK layouts are given up too: llama.cpp offers no per-type switch).
     CEREBELLUM_EXTRA_BUFFERS=1 turns them back on, =0 off everywhere."""
     choice = os.environ.get("CEREBELLUM_EXTRA_BUFFERS", "").strip()

@@ -329,13 +329,29 @@ def _require_finite(name: str, type_name: str, data, n_per_row: int) -> None:
     ggml's plain CPU layout a NaN-scaled attn_q gave finite, varying logits)."""
     import numpy as np
 
-    from . import _ggml
     from .ggml_types import ggml_type
 
     kind = ggml_type(type_name)
+    raw = np.frombuffer(memoryview(data).cast("B"), np.uint8)
+    if kind.name == "F32":  # already floats (ggml has no to_float for F32)
+        bad = int((~np.isfinite(raw.view(np.float32))).sum())
+        n_rows = raw.size // 4 // n_per_row
+    else:
+        bad, n_rows = _count_non_finite(kind, raw, n_per_row)
+    if bad:
+        raise SurgeryError(f"{name}: recast to {type_name}, it dequantizes to {bad} NaN/inf values of "
+                           f"{n_rows * n_per_row}; nothing was written. The source tensor or the quantizer is at "
+                           "fault: check the source with `cerebellum-ray inspect`")
+
+
+def _count_non_finite(kind, raw, n_per_row: int) -> tuple[int, int]:
+    """(NaN/inf values, rows) of raw ggml data of type `kind`, dequantized a few MiB at a time."""
+    import numpy as np
+
+    from . import _ggml
+
     row_bytes = kind.row_bytes(n_per_row)
     rows_per_step = max(1, _FINITE_CHECK_ELEMENTS // n_per_row)
-    raw = np.frombuffer(memoryview(data).cast("B"), np.uint8)
     n_rows = raw.size // row_bytes
     out = np.empty(rows_per_step * n_per_row, np.float32)
     bad = 0
@@ -344,10 +360,7 @@ def _require_finite(name: str, type_name: str, data, n_per_row: int) -> None:
         chunk = np.ascontiguousarray(raw[first * row_bytes:(first + n) * row_bytes])
         _ggml.to_float(kind.id, chunk, n * n_per_row, out)
         bad += int((~np.isfinite(out[:n * n_per_row])).sum())
-    if bad:
-        raise SurgeryError(f"{name}: recast to {type_name}, it dequantizes to {bad} NaN/inf values of "
-                           f"{n_rows * n_per_row}; nothing was written. The source tensor or the quantizer is at "
-                           "fault: check the source with `cerebellum-ray inspect`")
+    return bad, n_rows
 
 
 def _write(plan: SurgeryPlan, fds: list[int], tmp: Path, n_threads: int | None) -> None:

@@ -292,3 +292,14 @@ def test_llama_cpp_check_refuses_a_model_that_computes_nan(quantized, tmp_path):
         f.write(np.full(norm.n_elements, np.nan, np.float32).tobytes())
     with pytest.raises(SurgeryError, match="NaN/inf logits|same logit for every token"):
         check_runs(path)
+
+
+@pytest.mark.parametrize("new_type", ["F32", "F16"])
+def test_recast_to_a_float_type_passes_the_finite_check(quantized, tmp_path, new_type):
+    """Float targets go through the NaN/inf check too (F32 has no ggml dequantizer: read as floats)."""
+    out = tmp_path / "out.gguf"
+    report = surgery(quantized["Q4_K_M"], [rf"blk\.0\.attn_q\.weight={new_type}"], out)
+    assert report.written and report.check.startswith("ok:")
+    from cerebellum_ray.catalog import load_catalog
+
+    assert next(t for t in load_catalog(out).tensors if t.name == "blk.0.attn_q.weight").type == new_type
