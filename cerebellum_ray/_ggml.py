@@ -152,8 +152,12 @@ def to_float(type_id: int, src: np.ndarray, n_elements: int, out: np.ndarray) ->
 
     This is exactly what llama-quantize does before requantizing (llama_tensor_dequantize_impl): F16 and BF16
     through ggml_fp16_to_fp32_row / ggml_bf16_to_fp32_row, quantized types through their type traits' to_float.
+    F32 (which has no to_float in ggml) is copied.
     """
     assert out.dtype == np.float32 and out.flags.c_contiguous and out.size >= n_elements
+    if type_id == 0:
+        out.reshape(-1)[:n_elements] = np.frombuffer(src, np.float32, n_elements)
+        return
     src_ptr = src.ctypes.data_as(ctypes.c_void_p)
     out_ptr = _f32_ptr(out)
     lib = _lib()

@@ -164,8 +164,6 @@ def _read_floats(fd: int, t: TensorInfo, rows: np.ndarray | None) -> np.ndarray:
             first, count = int(rows[run[0]]), len(run)
             raw[run[0] * row_bytes: (run[0] + count) * row_bytes] = pread(fd, t.data_offset + first * row_bytes,
                                                                            count * row_bytes)
-    if src.name == "F32":
-        return raw.view(np.float32).reshape(n, t.n_per_row).copy()
     out = np.empty((n, t.n_per_row), dtype=np.float32)
     _ggml.to_float(src.id, raw, out.size, out)
     return out
@@ -191,12 +189,8 @@ def _error_terms(t: TensorInfo, w: np.ndarray, rows: np.ndarray | None, dst: str
         q = quantize_array(job, w, vec, n_threads)
     except QuantizeError as exc:
         raise PriorError(f"prior: {exc}") from None
-    dst_t = ggml_type(dst)
-    if dst_t.name == "F32":
-        back = q.view(np.float32)
-    else:
-        back = np.empty(w.size, dtype=np.float32)
-        _ggml.to_float(dst_t.id, q, w.size, back)
+    back = np.empty(w.size, dtype=np.float32)
+    _ggml.to_float(ggml_type(dst).id, q, w.size, back)
     diff2 = np.square(w3.astype(np.float64) - back.reshape(w3.shape), dtype=np.float64)
     num = float(diff2.sum() if imp is None else np.einsum("emj,ej->", diff2, imp))
     return num, den

@@ -152,8 +152,6 @@ def _check_dequantizable(job: QuantJob) -> None:
     from .ggml_types import ggml_type
 
     src = ggml_type(job.src_type)
-    if src.name == "F32":
-        return
     try:  # one zero block through ggml's own dequantization
         _ggml.to_float(src.id, np.zeros(src.type_size, np.uint8), src.block_size, np.empty(src.block_size, np.float32))
     except ValueError:
@@ -323,33 +321,18 @@ _FINITE_CHECK_ELEMENTS = 1 << 22  # floats dequantized at a time (16 MiB)
 
 
 def _require_finite(name: str, type_name: str, data, n_per_row: int) -> None:
-    """Refuse a recast tensor whose new data does not dequantize (with ggml's own code) to finite values.
+    """Refuse a recast tensor whose new data does not dequantize (with ggml's own code) to finite values, read a
+    few MiB at a time.
 
     llama.cpp's run check alone does not catch it: whether NaN weights reach the logits depends on the kernels (with
     ggml's plain CPU layout a NaN-scaled attn_q gave finite, varying logits)."""
     import numpy as np
 
+    from . import _ggml
     from .ggml_types import ggml_type
 
     kind = ggml_type(type_name)
     raw = np.frombuffer(memoryview(data).cast("B"), np.uint8)
-    if kind.name == "F32":  # already floats (ggml has no to_float for F32)
-        bad = int((~np.isfinite(raw.view(np.float32))).sum())
-        n_rows = raw.size // 4 // n_per_row
-    else:
-        bad, n_rows = _count_non_finite(kind, raw, n_per_row)
-    if bad:
-        raise SurgeryError(f"{name}: recast to {type_name}, it dequantizes to {bad} NaN/inf values of "
-                           f"{n_rows * n_per_row}; nothing was written. The source tensor or the quantizer is at "
-                           "fault: check the source with `cerebellum-ray inspect`")
-
-
-def _count_non_finite(kind, raw, n_per_row: int) -> tuple[int, int]:
-    """(NaN/inf values, rows) of raw ggml data of type `kind`, dequantized a few MiB at a time."""
-    import numpy as np
-
-    from . import _ggml
-
     row_bytes = kind.row_bytes(n_per_row)
     rows_per_step = max(1, _FINITE_CHECK_ELEMENTS // n_per_row)
     n_rows = raw.size // row_bytes
@@ -357,10 +340,12 @@ def _count_non_finite(kind, raw, n_per_row: int) -> tuple[int, int]:
     bad = 0
     for first in range(0, n_rows, rows_per_step):
         n = min(rows_per_step, n_rows - first)
-        chunk = np.ascontiguousarray(raw[first * row_bytes:(first + n) * row_bytes])
-        _ggml.to_float(kind.id, chunk, n * n_per_row, out)
+        _ggml.to_float(kind.id, raw[first * row_bytes:(first + n) * row_bytes], n * n_per_row, out)
         bad += int((~np.isfinite(out[:n * n_per_row])).sum())
-    return bad, n_rows
+    if bad:
+        raise SurgeryError(f"{name}: recast to {type_name}, it dequantizes to {bad} NaN/inf values of "
+                           f"{n_rows * n_per_row}; nothing was written. The source tensor or the quantizer is at "
+                           "fault: check the source with `cerebellum-ray inspect`")
 
 
 def _write(plan: SurgeryPlan, fds: list[int], tmp: Path, n_threads: int | None) -> None:

@@ -105,3 +105,16 @@ def test_bf16_and_f32_sources_with_imatrix_match_llama_quantize(wide_sources, ti
     types, oracle_bytes = _oracle(src, tmp_path / "oracle.gguf", preset, imatrix)
     build(src, PrecisionMap(types, base=preset), tmp_path / "ours.gguf", imatrix=imatrix, n_threads=2)
     _assert_same_bytes(tmp_path / "ours.gguf", oracle_bytes)
+
+
+def test_to_float_copies_f32_and_converts_f16_into_any_contiguous_shape():
+    """F32 has no ggml to_float: it is copied; the output may be 2-D (callers pass (rows, n_per_row))."""
+    import numpy as np
+
+    from cerebellum_ray import _ggml
+
+    w = np.array([[1.5, -2.0, np.nan, 3.25], [0.0, 7.0, -0.5, 1e-3]], np.float32)
+    for type_id, raw in ((0, w.tobytes()), (1, w.astype(np.float16).tobytes())):
+        out = np.full((2, 4), 99.0, np.float32)
+        _ggml.to_float(type_id, np.frombuffer(raw, np.uint8), w.size, out)
+        np.testing.assert_array_equal(out, w.astype(np.float16).astype(np.float32) if type_id else w)
