@@ -36,14 +36,15 @@ from pathlib import Path
 import numpy as np
 from gguf import GGUFValueType
 
-from cerebellum_ray import atomic, gguf_io
+from cerebellum_ray.core import atomic
+from cerebellum_ray.formats import gguf_io
 
 SHAPES = dict(n_embd=2048, n_ff=5632, n_layer=22, n_head=32, n_head_kv=4, vocab=32000)
 
 
 def changed_tensors(source: Path) -> list[str]:
     """The 5 tensors a trial changes: attn_q of the first layers, then attn_k (models of 2 or 3 layers)."""
-    from cerebellum_ray.catalog import load_catalog
+    from cerebellum_ray.formats.catalog import load_catalog
 
     names = {t.name for t in load_catalog(source).tensors}
     wanted = [f"blk.{i}.attn_{w}.weight" for w in ("q", "k", "output") for i in range(40)]
@@ -124,7 +125,7 @@ def child_llama_quantize(source: Path, out: Path, preset: str, changed: list[str
     """llama_model_quantize in a child process (whole-process wall time, as `llama-quantize` would take)."""
     overrides = [(f"^{n.replace('.', '[.]')}$", 8) for n in changed]  # 8: Q8_0
     return _child("import time, json, os\nt = time.perf_counter()\nfrom cerebellum_ray import _ggml\n"
-                  "from cerebellum_ray.ggml_types import file_type\n"
+                  "from cerebellum_ray.formats.ggml_types import file_type\n"
                   f"_ggml.llama_quantize({str(source)!r}, {str(out)!r}, file_type({preset!r}).id, "
                   f"overrides={overrides!r}, n_threads=os.cpu_count())\n"
                   "print(json.dumps({'wall': time.perf_counter() - t, 'peak_rss': " + _PEAK + "}))")
@@ -133,7 +134,7 @@ def child_llama_quantize(source: Path, out: Path, preset: str, changed: list[str
 def same_tensors(a: Path, b: Path) -> bool:
     """Every tensor of `a` has the type and bytes of the tensor of that name in `b` (llama.cpp writes tensors sorted
     by name within a layer, the builder in the source's order: positions differ, contents must not)."""
-    from cerebellum_ray.catalog import load_catalog
+    from cerebellum_ray.formats.catalog import load_catalog
 
     ca, cb = load_catalog(a), load_catalog(b)
     by_name = {t.name: t for t in cb.tensors}
@@ -185,7 +186,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    from cerebellum_ray.tiny import make_tiny
+    from cerebellum_ray.formats.tiny import make_tiny
 
     results = []
     for model in args.models.split(","):

@@ -37,10 +37,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from cerebellum_ray import store
-from cerebellum_ray.search_runtime import read_study
-from cerebellum_ray.surrogate import spearman
-from cerebellum_ray.verify import VerifyOptions, members, verify
+from cerebellum_ray.core import store
+from cerebellum_ray.study.run import read_study
+from cerebellum_ray.predict.surrogate import spearman
+from cerebellum_ray.results.verify import VerifyOptions, members, verify
 
 N_PROBLEMS = 164
 
@@ -104,8 +104,8 @@ def differing(a: dict, b: dict, space_types: dict[str, list[str]]) -> str:
 
 
 def space_types_of(store_dir: str, study: str) -> dict[str, list[str]]:
-    from cerebellum_ray.catalog import load_catalog
-    from cerebellum_ray.space import load_space
+    from cerebellum_ray.formats.catalog import load_catalog
+    from cerebellum_ray.formats.space import load_space
 
     record = read_study(store_dir, study)
     space = load_space(record["space_file"], load_catalog(record["source"]))
@@ -113,7 +113,7 @@ def space_types_of(store_dir: str, study: str) -> dict[str, list[str]]:
 
 
 def solved_pairs(store_dir: str, study: str, rows: list[dict], n: int = 6) -> None:
-    from cerebellum_ray.solve import make_budget, solve_study
+    from cerebellum_ray.results.recommend import make_budget, solve_study
 
     own = [r["bpw"] for r in rows if r["study"] == study]
     budgets = np.linspace(min(own), max(own), n + 2)[1:-1]

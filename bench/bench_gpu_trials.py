@@ -27,7 +27,7 @@ def throughput(store_dir: Path, study: str) -> tuple[int, float, float]:
     """(trials, wall seconds, median trial seconds) of a study, from the store."""
     import statistics
 
-    from cerebellum_ray import store
+    from cerebellum_ray.core import store
 
     rows = [r for r in store.rows(store_dir, [study]) if r["started_at"] and r["finished_at"]]
     wall = (max(r["finished_at"] for r in rows) - min(r["started_at"] for r in rows)).total_seconds()
@@ -41,8 +41,8 @@ def main() -> None:
     ap.add_argument("--model")
     ap.add_argument("--workdir", default="/tmp/cerebellum-gpu-trials")
     args = ap.parse_args()
-    from cerebellum_ray.search import SearchOptions, run_search
-    from cerebellum_ray.tiny import make_tiny
+    from cerebellum_ray.study.search import SearchOptions, run_search
+    from cerebellum_ray.formats.tiny import make_tiny
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

@@ -30,14 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cerebellum_ray.build import build
-from cerebellum_ray.catalog import load_catalog
-from cerebellum_ray.corpus import default_text
-from cerebellum_ray.llama_runner import LlamaRunner, RunnerConfig, llama_tool_flags
-from cerebellum_ray.logprobs import llama_percentile, log_normalizer
-from cerebellum_ray.precision_map import MapSpec, resolve
-from cerebellum_ray.reference import save_reference
-from cerebellum_ray.score import EvalSpec, chunk_logits, compute_reference, score
+from cerebellum_ray.quant.build import build
+from cerebellum_ray.formats.catalog import load_catalog
+from cerebellum_ray.evaluate.corpus import default_text
+from cerebellum_ray.evaluate.llama_runner import LlamaRunner, RunnerConfig, llama_tool_flags
+from cerebellum_ray.evaluate.logprobs import llama_percentile, log_normalizer
+from cerebellum_ray.formats.precision_map import MapSpec, resolve
+from cerebellum_ray.evaluate.reference import save_reference
+from cerebellum_ray.evaluate.score import EvalSpec, chunk_logits, compute_reference, score
 
 WORK = Path("bench/out/kld")
 TOOL = Path("bench/out/llama.cpp/build/bin/llama-perplexity")

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from bench_strategies import source_model  # the same source (and tiny imatrix) the strategy studies ran on
-from cerebellum_ray import store
-from cerebellum_ray.search import SearchOptions, run_search
+from cerebellum_ray.core import store
+from cerebellum_ray.study.search import SearchOptions, run_search
 
 PRESETS = "Q2_K,Q3_K_S,Q3_K_M,Q4_K_S,Q4_K_M"
 

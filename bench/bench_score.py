@@ -27,16 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from cerebellum_ray.build import build
-from cerebellum_ray.catalog import load_catalog
-from cerebellum_ray.corpus import default_text
-from cerebellum_ray.generate import HUMANEVAL_STOPS, generate_greedy
-from cerebellum_ray.humaneval import load_problems
-from cerebellum_ray.llama_runner import LlamaRunner, RunnerConfig, align_high_level_llama, gpu_available, llama_tool_flags
-from cerebellum_ray.logprobs import full_kld
-from cerebellum_ray.precision_map import MapSpec, resolve
-from cerebellum_ray.score import EvalSpec, chunk_logits, compute_reference, score
-from cerebellum_ray.tiny import make_tiny
+from cerebellum_ray.quant.build import build
+from cerebellum_ray.formats.catalog import load_catalog
+from cerebellum_ray.evaluate.corpus import default_text
+from cerebellum_ray.evaluate.generate import HUMANEVAL_STOPS, generate_greedy
+from cerebellum_ray.evaluate.humaneval import load_problems
+from cerebellum_ray.evaluate.llama_runner import LlamaRunner, RunnerConfig, align_high_level_llama, gpu_available, llama_tool_flags
+from cerebellum_ray.evaluate.logprobs import full_kld
+from cerebellum_ray.formats.precision_map import MapSpec, resolve
+from cerebellum_ray.evaluate.score import EvalSpec, chunk_logits, compute_reference, score
+from cerebellum_ray.formats.tiny import make_tiny
 
 WORK = Path("bench/out/score")
 

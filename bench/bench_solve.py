@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from cerebellum_ray import store
+from cerebellum_ray.core import store
 
 
 def solve(store_dir: str, study: str, bpw: float, verify: bool) -> tuple[dict, float]:

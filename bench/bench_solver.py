@@ -1,4 +1,4 @@
-"""Benchmark: exact solve time of cerebellum_ray.solver on a synthetic space shaped like the Gemma-4 26B-A4B space.
+"""Benchmark: exact solve time of cerebellum_ray.predict.solver on a synthetic space shaped like the Gemma-4 26B-A4B space.
 
 The space (search_spaces/gemma4-26b-a4b.yaml on the real shapes, bench-made costs): attn_q per layer (30 x 4 types,
 the full-attention layers twice as large), attn_k per layer (30 x 3), the router per layer (30 x Q4_0/Q8_0/F32),
@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from cerebellum_ray.ggml_types import ggml_type
-from cerebellum_ray.solver import Interaction, Problem, Solver, budget_grid
+from cerebellum_ray.formats.ggml_types import ggml_type
+from cerebellum_ray.predict.solver import Interaction, Problem, Solver, budget_grid
 
 N_LAYER = 30
 EMBD = 2816

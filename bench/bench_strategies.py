@@ -31,16 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
-from cerebellum_ray import store
-from cerebellum_ray.pareto import compute_fronts, pareto_mask, prediction_check
-from cerebellum_ray.search import SearchOptions, run_search
+from cerebellum_ray.core import store
+from cerebellum_ray.predict.fronts import compute_fronts, pareto_mask, prediction_check
+from cerebellum_ray.study.search import SearchOptions, run_search
 
 COUNTS = (20, 40, 80)
 
 
 def source_model(model: str, work: Path) -> tuple[str, str | None]:
     if model == "tiny":
-        from cerebellum_ray.tiny import make_tiny, make_tiny_imatrix
+        from cerebellum_ray.formats.tiny import make_tiny, make_tiny_imatrix
 
         src = make_tiny("gemma4", work / "tiny-gemma4-f16.gguf")
         return str(src), str(make_tiny_imatrix(src, work / "tiny-gemma4.imatrix"))
@@ -56,8 +56,8 @@ def rows_of(store_dir: Path, study: str) -> list[dict]:
 
 def run_greedy(opts: SearchOptions) -> None:
     """The greedy knapsack baseline (see the module docstring), as batches of trials through the search runtime."""
-    from cerebellum_ray.catalog import load_catalog
-    from cerebellum_ray.search_runtime import init_ray, prepare, run_points, trial_resources
+    from cerebellum_ray.formats.catalog import load_catalog
+    from cerebellum_ray.study.run import init_ray, prepare, run_points, trial_resources
 
     ctx = prepare(opts)
     space, catalog = ctx.space, load_catalog(ctx.source)
@@ -66,7 +66,7 @@ def run_greedy(opts: SearchOptions) -> None:
     base_map = space.map_for(catalog, {}, has_imatrix=has_imatrix)
 
     def size(point):
-        from cerebellum_ray.precision_map import tensor_bytes
+        from cerebellum_ray.formats.precision_map import tensor_bytes
 
         return tensor_bytes(catalog, space.map_for(catalog, point, has_imatrix=has_imatrix))
 

@@ -14,7 +14,7 @@ import os
 import platform
 import statistics
 
-from cerebellum_ray import store
+from cerebellum_ray.core import store
 
 
 def main() -> None:

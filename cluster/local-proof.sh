@@ -163,7 +163,7 @@ def label_of(node_value, labels):
 
 
 def store_rows():
-    from cerebellum_ray import store
+    from cerebellum_ray.core import store
     d = os.environ["PROOF_STORE"]
     return store.rows(d, [os.environ["PROOF_STUDY"]]) if os.path.isdir(d) else []
 

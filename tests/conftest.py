@@ -8,7 +8,7 @@ import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from cerebellum_ray.llama_runner import align_high_level_llama  # noqa: E402
+from cerebellum_ray.evaluate.llama_runner import align_high_level_llama  # noqa: E402
 
 align_high_level_llama()  # tests compare with llama_cpp.Llama: same weight layout as our runner (no AMX crash)
 
@@ -21,7 +21,7 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_models(tiny_dir):
     """{arch: path} for the three tiny F16 models."""
-    from cerebellum_ray.tiny import TINY_ARCHS, make_tiny
+    from cerebellum_ray.formats.tiny import TINY_ARCHS, make_tiny
 
     return {arch: make_tiny(arch, tiny_dir / f"{arch}.gguf", seed=0) for arch in TINY_ARCHS}
 
@@ -29,7 +29,7 @@ def tiny_models(tiny_dir):
 @pytest.fixture(scope="session")
 def tiny_imatrix(tiny_models, tiny_dir):
     """{arch: {"gguf": path, "dat": path}}: matching importance matrices in both formats."""
-    from cerebellum_ray.tiny import make_tiny_imatrix
+    from cerebellum_ray.formats.tiny import make_tiny_imatrix
 
     return {
         arch: {fmt: make_tiny_imatrix(path, tiny_dir / f"{arch}.{fmt}.imatrix", fmt=fmt, seed=0)
@@ -40,7 +40,7 @@ def tiny_imatrix(tiny_models, tiny_dir):
 
 @pytest.fixture
 def cache(tmp_path):
-    from cerebellum_ray.tensor_cache import TensorCache
+    from cerebellum_ray.quant.tensor_cache import TensorCache
 
     c = TensorCache(tmp_path / "cache", size_limit=1 << 30)
     yield c
@@ -54,9 +54,9 @@ def demo_store(tiny_models, tmp_path):
     import json
     import shutil
 
-    from cerebellum_ray import store
-    from cerebellum_ray.catalog import load_catalog
-    from cerebellum_ray.precision_map import MapSpec, resolve, tensor_bytes
+    from cerebellum_ray.core import store
+    from cerebellum_ray.formats.catalog import load_catalog
+    from cerebellum_ray.formats.precision_map import MapSpec, resolve, tensor_bytes
 
     source = tmp_path / "source.gguf"
     shutil.copyfile(tiny_models["gemma4"], source)
@@ -84,9 +84,10 @@ def tiny_chat_model(tiny_models, tiny_dir):
 
     from gguf import GGUFValueType
 
-    from cerebellum_ray import atomic, gguf_io
-    from cerebellum_ray.catalog import load_catalog
-    from cerebellum_ray.ggml_types import TYPES
+    from cerebellum_ray.core import atomic
+    from cerebellum_ray.formats import gguf_io
+    from cerebellum_ray.formats.catalog import load_catalog
+    from cerebellum_ray.formats.ggml_types import TYPES
 
     cat = load_catalog(tiny_models["llama"])
     kv = [e.raw for e in cat.kv_entries] + [gguf_io.encode_kv("tokenizer.chat_template", CHAT_TEMPLATE,

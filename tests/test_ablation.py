@@ -3,10 +3,10 @@ results; the Ray side is the same batch runner the other strategies use (tests/t
 
 import pytest
 
-from cerebellum_ray.ablation import _point_key, decide, group_moves, single_moves, summary_table
-from cerebellum_ray.catalog import load_catalog
-from cerebellum_ray.precision_map import resolve
-from cerebellum_ray.space import load_space, space_from_data
+from cerebellum_ray.study.ablation import _point_key, decide, group_moves, single_moves, summary_table
+from cerebellum_ray.formats.catalog import load_catalog
+from cerebellum_ray.formats.precision_map import resolve
+from cerebellum_ray.formats.space import load_space, space_from_data
 
 
 @pytest.fixture(scope="module")

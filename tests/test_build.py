@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 
-from cerebellum_ray.build import BuildError, build, predicted_file_size
-from cerebellum_ray.catalog import load_catalog
-from cerebellum_ray.gguf_io import GGUFError
-from cerebellum_ray.imatrix import Imatrix, load_imatrix
-from cerebellum_ray.precision_map import MapError, MapSpec, Rule, resolve
-from cerebellum_ray.atomic import OutputError
-from cerebellum_ray.tensor_cache import ENTRY_HEADER, TensorCache
+from cerebellum_ray.quant.build import BuildError, build, predicted_file_size
+from cerebellum_ray.formats.catalog import load_catalog
+from cerebellum_ray.formats.gguf_io import GGUFError
+from cerebellum_ray.formats.imatrix import Imatrix, load_imatrix
+from cerebellum_ray.formats.precision_map import MapError, MapSpec, Rule, resolve
+from cerebellum_ray.core.atomic import OutputError
+from cerebellum_ray.quant.tensor_cache import ENTRY_HEADER, TensorCache
 
 
 def _map(model, base="Q4_K_M", rules=(), fallback=False, has_imatrix=False):
@@ -223,7 +223,7 @@ def test_unwritable_output_is_refused(tiny_models, tmp_path, where):
 
 
 def test_failure_mid_build_leaves_no_file(tiny_models, tmp_path, monkeypatch):
-    import cerebellum_ray.build as b
+    import cerebellum_ray.quant.build as b
 
     def boom(*a, **k):
         raise RuntimeError("disk full")

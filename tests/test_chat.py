@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from cerebellum_ray.chat import ChatError, Conversation, Message, builtin_conversations, load_conversations, render
-from cerebellum_ray.llama_runner import LlamaRunner, RunnerConfig
-from cerebellum_ray.logprobs import target_logprobs
-from cerebellum_ray.score import EvalSpec, compute_reference, score
+from cerebellum_ray.evaluate.chat import (ChatError, Conversation, Message, builtin_conversations, load_conversations,
+                                          render)
+from cerebellum_ray.evaluate.llama_runner import LlamaRunner, RunnerConfig
+from cerebellum_ray.evaluate.logprobs import target_logprobs
+from cerebellum_ray.evaluate.score import EvalSpec, compute_reference, score
 from conftest import CHAT_TEMPLATE
 
 CONVERSATIONS = (

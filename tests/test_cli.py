@@ -91,7 +91,7 @@ def test_fallbacks_are_summarised_and_listed_with_v(tiny_models):
 
 
 def test_compress_names():
-    from cerebellum_ray.catalog import compress_names, layer_ranges
+    from cerebellum_ray.formats.catalog import compress_names, layer_ranges
 
     assert layer_ranges([7, 0, 1, 2, 5, 8]) == "0-2,5,7-8"
     assert compress_names(["blk.0.a.weight", "token_embd.weight", "blk.1.a.weight", "blk.3.a.weight",

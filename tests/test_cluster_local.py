@@ -48,7 +48,7 @@ def test_local_cluster_survives_a_killed_worker(tmp_path):
                for r in summary["retried"].values())  # ... elsewhere, to completion
     assert summary["finished_on_killed_node_after_kill"] == []
 
-    from cerebellum_ray import store
+    from cerebellum_ray.core import store
 
     rows = store.rows(work / "store", ["proof"])  # the store itself, not only the script's word
     assert len(rows) == 10 == len({r["trial_id"] for r in rows})

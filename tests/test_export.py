@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 from gguf import GGUFReader
 
-from cerebellum_ray import _ggml, store
+from cerebellum_ray.native import ggml as _ggml
+from cerebellum_ray.core import store
 from cerebellum_ray.cli import main
-from cerebellum_ray.export import export, pick_row
-from cerebellum_ray.ggml_types import file_type, ggml_type
-from cerebellum_ray.precision_map import parse_tensor_type_lines
-from cerebellum_ray.score import EvalSpec, score
-from cerebellum_ray.search import SearchOptions, prepare, run_search
+from cerebellum_ray.results.export import export, pick_row
+from cerebellum_ray.formats.ggml_types import file_type, ggml_type
+from cerebellum_ray.formats.precision_map import parse_tensor_type_lines
+from cerebellum_ray.evaluate.score import EvalSpec, score
+from cerebellum_ray.study.search import SearchOptions, prepare, run_search
 
 pytestmark = pytest.mark.slow
 SPACE = str(Path("search_spaces/tiny-gemma4.yaml").resolve())

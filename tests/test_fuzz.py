@@ -15,12 +15,12 @@ from gguf import GGUFValueType
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cerebellum_ray import gguf_io
-from cerebellum_ray.catalog import load_catalog
-from cerebellum_ray.errors import CerebellumError
-from cerebellum_ray.imatrix import load_imatrix, write_collected_imatrix
-from cerebellum_ray.precision_map import load_spec, resolve, spec_from_data
-from cerebellum_ray.space import space_from_data
+from cerebellum_ray.formats import gguf_io
+from cerebellum_ray.formats.catalog import load_catalog
+from cerebellum_ray.core.errors import CerebellumError
+from cerebellum_ray.formats.imatrix import load_imatrix, write_collected_imatrix
+from cerebellum_ray.formats.precision_map import load_spec, resolve, spec_from_data
+from cerebellum_ray.formats.space import space_from_data
 
 CI = settings(max_examples=60, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                        HealthCheck.too_slow], derandomize=True)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from cerebellum_ray import store
-from cerebellum_ray.catalog import load_catalog
-from cerebellum_ray.guided import GuidedError, check_objectives, sensitivity_proposals
-from cerebellum_ray.search import SearchOptions, run_search
-from cerebellum_ray.solve import SolveError, make_budget, solve_study
-from cerebellum_ray.space import load_space
+from cerebellum_ray.core import store
+from cerebellum_ray.formats.catalog import load_catalog
+from cerebellum_ray.study.guided import GuidedError, check_objectives, sensitivity_proposals
+from cerebellum_ray.study.search import SearchOptions, run_search
+from cerebellum_ray.results.recommend import SolveError, make_budget, solve_study
+from cerebellum_ray.formats.space import load_space
 
 SPACE = str(Path("search_spaces/tiny-gemma4.yaml").resolve())
 
@@ -120,7 +120,7 @@ def test_the_batch_adds_the_most_hypervolume_first():
     one that adds nothing is never taken."""
     import numpy as np
 
-    from cerebellum_ray.guided import hypervolume_batch
+    from cerebellum_ray.study.guided import hypervolume_batch
 
     measured = [(0, 1.0), (10, 0.0)]
     sizes, values = np.array([5.0, 5.0, 1.0, 9.0, 11.0]), np.array([0.5, 0.6, 0.99, 0.01, 0.5])
@@ -135,7 +135,7 @@ def test_solve_by_code_kld_picks_what_the_code_corpus_prefers(tiny_models, tmp_p
     the other metric beside its own."""
     import random
 
-    from cerebellum_ray.precision_map import tensor_bytes
+    from cerebellum_ray.formats.precision_map import tensor_bytes
 
     source = str(tiny_models["gemma4"])
     catalog = load_catalog(source)

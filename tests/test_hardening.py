@@ -18,17 +18,17 @@ import numpy as np
 import pytest
 from gguf import GGUFValueType
 
-from cerebellum_ray import gguf_io
-from cerebellum_ray.atomic import OutputError, atomic_group, atomic_output, remove_stale_partials
-from cerebellum_ray.build import build
-from cerebellum_ray.catalog import load_catalog
+from cerebellum_ray.formats import gguf_io
+from cerebellum_ray.core.atomic import OutputError, atomic_group, atomic_output, remove_stale_partials
+from cerebellum_ray.quant.build import build
+from cerebellum_ray.formats.catalog import load_catalog
 from cerebellum_ray.cli import main
-from cerebellum_ray.errors import CerebellumError
-from cerebellum_ray.gguf_io import GGUFError
-from cerebellum_ray.imatrix import Imatrix, ImatrixError, load_imatrix, save_imatrix
-from cerebellum_ray.precision_map import MapError, MapSpec, load_spec, resolve, rules_from_pairs
-from cerebellum_ray.space import SpaceError, load_space, space_from_data
-from cerebellum_ray.tensor_cache import CacheWarning, TensorCache
+from cerebellum_ray.core.errors import CerebellumError
+from cerebellum_ray.formats.gguf_io import GGUFError
+from cerebellum_ray.formats.imatrix import Imatrix, ImatrixError, load_imatrix, save_imatrix
+from cerebellum_ray.formats.precision_map import MapError, MapSpec, load_spec, resolve, rules_from_pairs
+from cerebellum_ray.formats.space import SpaceError, load_space, space_from_data
+from cerebellum_ray.quant.tensor_cache import CacheWarning, TensorCache
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -101,7 +101,7 @@ def test_score_with_an_impossible_context_is_one_line(tiny_models, ctx):
 def test_a_failed_context_frees_the_model_once(tiny_models):
     """llama.cpp returning no context used to free the model, then free it again in close(): SIGSEGV."""
     code = (
-        "from cerebellum_ray._llama import llama_cpp\n"
+        "from cerebellum_ray.native.llama import llama_cpp\n"
         "import gc\n"
         "from cerebellum_ray import llama_runner as lr\n"
         "llama_cpp.llama_init_from_model = lambda *a: None\n"
@@ -273,7 +273,7 @@ FORGERIES = {
 
 @pytest.mark.parametrize("attack", list(FORGERIES))
 def test_a_forged_completion_marker_is_not_a_pass(attack):
-    from cerebellum_ray.humaneval import check_program, load_problems
+    from cerebellum_ray.evaluate.humaneval import check_program, load_problems
 
     problem = load_problems(limit=1)[0]
     res = check_program(problem, FORGERIES[attack], timeout=20.0)
@@ -282,7 +282,7 @@ def test_a_forged_completion_marker_is_not_a_pass(attack):
 
 def test_the_guard_leaves_honest_programs_alone():
     """namedtuple, typing, enum, dataclasses and inspect-free stdlib code still run under the audit hook."""
-    from cerebellum_ray.humaneval import check_program, load_problems
+    from cerebellum_ray.evaluate.humaneval import check_program, load_problems
 
     problem = load_problems(limit=1)[0]
     completion = ("    import collections, dataclasses, enum, typing, re, math, functools\n"
@@ -346,7 +346,7 @@ def test_negative_importance_is_refused_before_ggml_aborts(tiny_models, tiny_ima
 
 
 def test_export_is_all_or_nothing(demo_store, tmp_path, monkeypatch):
-    from cerebellum_ray import export as export_mod
+    from cerebellum_ray.results import export as export_mod
 
     store, source = demo_store
     out = tmp_path / "final.gguf"
@@ -446,7 +446,7 @@ def test_source_rewritten_in_place_with_mtime_restored_misses_the_cache(tiny_mod
     assert first.count("quantized") > 0
     # another model of the same size and tensor layout, written over the source, its mtime restored (cp -p)
     other = tmp_path / "other.gguf"
-    from cerebellum_ray.tiny import make_tiny
+    from cerebellum_ray.formats.tiny import make_tiny
 
     make_tiny("llama", other, seed=7)
     st = os.stat(src)
@@ -549,7 +549,7 @@ def test_catastrophic_regex_is_refused_not_hung(tiny_models, monkeypatch):
     with pytest.raises(MapError, match="matches no"):
         resolve(cat, MapSpec(rules=rules_from_pairs(["(.*.*)*!=Q4_K"])))
     assert time.monotonic() - t0 < 5
-    from cerebellum_ray import schema
+    from cerebellum_ray.core import schema
 
     monkeypatch.setattr(schema, "REGEX_TIMEOUT_S", 1e-6)
     with pytest.raises(CerebellumError, match="catastrophic backtracking"):
@@ -579,7 +579,7 @@ def test_search_with_an_imatrix_for_another_model_fails_before_ray(tiny_models, 
 
 
 def test_sigterm_during_a_build_leaves_no_partial_file(tmp_path):
-    from cerebellum_ray.tiny import make_tiny
+    from cerebellum_ray.formats.tiny import make_tiny
 
     src = make_tiny("mixtral", tmp_path / "m.gguf")
     out = tmp_path / "o.gguf"
@@ -597,7 +597,7 @@ def test_sigterm_during_a_build_leaves_no_partial_file(tmp_path):
 
 def test_leftovers_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
     target = tmp_path / "t.txt"
-    code = ("import os, sys\nfrom cerebellum_ray.atomic import atomic_output\n"
+    code = ("import os, sys\nfrom cerebellum_ray.core.atomic import atomic_output\n"
             f"with atomic_output({str(target)!r}) as f:\n    f.write(b'x')\n    os.kill(os.getpid(), 9)\n")
     subprocess.run([sys.executable, "-c", code], timeout=60)
     assert [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cerebellum_ray.cli import main
-from cerebellum_ray.humaneval import (
+from cerebellum_ray.evaluate.humaneval import (
     ExecResult,
     check_completions,
     check_program,
@@ -20,7 +20,7 @@ from cerebellum_ray.humaneval import (
     pass_at_k,
     summarize,
 )
-from cerebellum_ray.sandbox import SandboxLimits, sandbox_isolation, sandbox_uid_processes
+from cerebellum_ray.evaluate.sandbox import SandboxLimits, sandbox_isolation, sandbox_uid_processes
 
 N_PROBLEMS = 164
 
@@ -413,7 +413,7 @@ def test_cli_missing_file_exits_2(tmp_path, capsys):
 def test_refuses_rather_than_run_as_root(problem, monkeypatch):
     if os.geteuid() != 0:
         pytest.skip("the refusal concerns root only")
-    import cerebellum_ray.sandbox as sb
+    import cerebellum_ray.evaluate.sandbox as sb
 
     monkeypatch.setattr(sb, "_interpreter_candidates", list)
     try:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from gguf import GGUFWriter
 
-from cerebellum_ray.imatrix import Imatrix, load_imatrix, save_imatrix, write_collected_imatrix
+from cerebellum_ray.formats.imatrix import Imatrix, load_imatrix, save_imatrix, write_collected_imatrix
 
 
 def _f32_div(x: float, n: int) -> np.float32:

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 
-from cerebellum_ray import _ggml
-from cerebellum_ray.atomic import OutputError
+from cerebellum_ray.native import ggml as _ggml
+from cerebellum_ray.core.atomic import OutputError
 from cerebellum_ray.cli import main
-from cerebellum_ray.imatrix import load_imatrix
-from cerebellum_ray.imatrix_collect import (
+from cerebellum_ray.formats.imatrix import load_imatrix
+from cerebellum_ray.evaluate.imatrix_collect import (
     CollectSettings, ImatrixCollectError, _accumulate, _Collector, collect_stats, compute_imatrix,
     default_calibration_text, filter_tensor_name, read_text_file,
 )
-from cerebellum_ray.llama_runner import LlamaError, LlamaRunner, RunnerConfig
+from cerebellum_ray.evaluate.llama_runner import LlamaError, LlamaRunner, RunnerConfig
 
 SMALL = CollectSettings(n_ctx=64, n_chunks=4, n_threads=2)  # 4 chunks of 64 tokens, all in one decode
 

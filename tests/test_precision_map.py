@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from cerebellum_ray.catalog import ModelCatalog, TensorInfo, tensor_group
-from cerebellum_ray.ggml_types import TYPES, fallback_type, legal_types
-from cerebellum_ray.precision_map import (
+from cerebellum_ray.formats.catalog import ModelCatalog, TensorInfo, tensor_group
+from cerebellum_ray.formats.ggml_types import TYPES, fallback_type, legal_types
+from cerebellum_ray.formats.precision_map import (
     MapError, MapSpec, Rule, by_group, load_spec, parse_tensor_type_lines, resolve, spec_from_data, tensor_bytes,
     to_tensor_type_lines,
 )

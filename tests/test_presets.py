@@ -20,8 +20,8 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from cerebellum_ray.ggml_types import FILE_TYPES
-from cerebellum_ray.presets import (
+from cerebellum_ray.formats.ggml_types import FILE_TYPES
+from cerebellum_ray.formats.presets import (
     PresetHParams,
     allows_quantization,
     preset_types,
@@ -443,14 +443,14 @@ def test_choice_reasons(model_dir):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# the tiny models of cerebellum_ray.tiny (gemma4, llama, mixtral)
+# the tiny models of cerebellum_ray.formats.tiny (gemma4, llama, mixtral)
 
 TINY_REAL_PRESETS = ["Q2_K_S", "Q4_K_M", "IQ4_XS", "MXFP4_MOE"]
 
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
-    from cerebellum_ray.tiny import make_tiny
+    from cerebellum_ray.formats.tiny import make_tiny
 
     d = tmp_path_factory.mktemp("tiny")
     for arch in ("gemma4", "llama", "mixtral"):

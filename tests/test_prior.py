@@ -6,16 +6,16 @@ import json
 import numpy as np
 import pytest
 
-from cerebellum_ray import _ggml
-from cerebellum_ray.catalog import load_catalog
-from cerebellum_ray.choices import ChoiceError, choice_table
-from cerebellum_ray.ggml_types import ggml_type
-from cerebellum_ray.imatrix import load_imatrix
-from cerebellum_ray.precision_map import tensor_bytes
-from cerebellum_ray.prior import PriorError, sample_rows, space_prior, tensor_errors
-from cerebellum_ray.quantize import QuantJob, quantize_tensor
-from cerebellum_ray.solver import solve
-from cerebellum_ray.space import load_space, space_from_data
+from cerebellum_ray.native import ggml as _ggml
+from cerebellum_ray.formats.catalog import load_catalog
+from cerebellum_ray.predict.choices import ChoiceError, choice_table
+from cerebellum_ray.formats.ggml_types import ggml_type
+from cerebellum_ray.formats.imatrix import load_imatrix
+from cerebellum_ray.formats.precision_map import tensor_bytes
+from cerebellum_ray.predict.prior import PriorError, sample_rows, space_prior, tensor_errors
+from cerebellum_ray.quant.quantize import QuantJob, quantize_tensor
+from cerebellum_ray.predict.solver import solve
+from cerebellum_ray.formats.space import load_space, space_from_data
 
 SPACE = {
     "name": "prior-test",

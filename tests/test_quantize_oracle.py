@@ -9,11 +9,11 @@ import llama_cpp  # noqa: F401
 import pytest
 from gguf import GGUFReader
 
-from cerebellum_ray import _ggml
-from cerebellum_ray.build import build
-from cerebellum_ray.ggml_types import file_type
-from cerebellum_ray.imatrix import load_imatrix
-from cerebellum_ray.precision_map import PrecisionMap
+from cerebellum_ray.native import ggml as _ggml
+from cerebellum_ray.quant.build import build
+from cerebellum_ray.formats.ggml_types import file_type
+from cerebellum_ray.formats.imatrix import load_imatrix
+from cerebellum_ray.formats.precision_map import PrecisionMap
 
 
 def _oracle(src, dst, preset, imatrix=None):
@@ -77,7 +77,7 @@ def test_requantize_matches_llama_quantize(tiny_models, tmp_path, arch):
 @pytest.fixture(scope="module")
 def wide_sources(tmp_path_factory):
     """The tiny models with BF16 and F32 matrices (the real Gemma 4 checkpoints are BF16), made by make-tiny."""
-    from cerebellum_ray.tiny import make_tiny
+    from cerebellum_ray.formats.tiny import make_tiny
 
     d = tmp_path_factory.mktemp("wide")
     return {(arch, dtype): make_tiny(arch, d / f"{arch}-{dtype}.gguf", dtype=dtype)
@@ -111,7 +111,7 @@ def test_to_float_copies_f32_and_converts_f16_into_any_contiguous_shape():
     """F32 has no ggml to_float: it is copied; the output may be 2-D (callers pass (rows, n_per_row))."""
     import numpy as np
 
-    from cerebellum_ray import _ggml
+    from cerebellum_ray.native import ggml as _ggml
 
     w = np.array([[1.5, -2.0, np.nan, 3.25], [0.0, 7.0, -0.5, 1e-3]], np.float32)
     for type_id, raw in ((0, w.tobytes()), (1, w.astype(np.float16).tobytes())):

@@ -12,7 +12,7 @@ def gemma3():
 
 
 def test_inspect_lists_236_tensors_with_types(gemma3):
-    from cerebellum_ray.catalog import load_catalog
+    from cerebellum_ray.formats.catalog import load_catalog
 
     cat = load_catalog(gemma3)
     assert cat.arch == "gemma3" and len(cat.tensors) == 236
@@ -29,10 +29,10 @@ def test_preset_maps_match_llama_quantize_on_gemma3(gemma3, tmp_path):
 
     from gguf import GGUFReader
 
-    from cerebellum_ray import _ggml
-    from cerebellum_ray.catalog import load_catalog
-    from cerebellum_ray.ggml_types import file_type
-    from cerebellum_ray.precision_map import MapSpec, resolve
+    from cerebellum_ray.native import ggml as _ggml
+    from cerebellum_ray.formats.catalog import load_catalog
+    from cerebellum_ray.formats.ggml_types import file_type
+    from cerebellum_ray.formats.precision_map import MapSpec, resolve
 
     cat = load_catalog(gemma3)
     for preset in ("Q2_K", "Q3_K_M", "Q4_K_M", "Q6_K"):
@@ -45,7 +45,7 @@ def test_preset_maps_match_llama_quantize_on_gemma3(gemma3, tmp_path):
 
 
 def test_chat_scoring_is_refused_clearly_without_a_template(gemma3):
-    from cerebellum_ray.tasks import TaskError, chat_prompt
+    from cerebellum_ray.evaluate.tasks import TaskError, chat_prompt
 
     with pytest.raises(TaskError, match="no chat template"):  # this GGUF ships none
         chat_prompt(gemma3, "def add(a, b):\n")
@@ -55,9 +55,9 @@ def test_score_agrees_with_a_plain_numpy_pass_on_gemma3(gemma3):
     """Perplexity on the real 262k-vocabulary model through the partial-logits path vs all logits in numpy."""
     import numpy as np
 
-    from cerebellum_ray.corpus import default_text
-    from cerebellum_ray.llama_runner import LlamaRunner, RunnerConfig
-    from cerebellum_ray.score import EvalSpec, score
+    from cerebellum_ray.evaluate.corpus import default_text
+    from cerebellum_ray.evaluate.llama_runner import LlamaRunner, RunnerConfig
+    from cerebellum_ray.evaluate.score import EvalSpec, score
 
     text = default_text()[:20000]
     rec = score(gemma3, EvalSpec(text, n_ctx=256, n_chunks=2))
@@ -79,8 +79,8 @@ def test_score_agrees_with_a_plain_numpy_pass_on_gemma3(gemma3):
 def test_gemma3_spaces_load_on_the_model(gemma3, name):
     from pathlib import Path
 
-    from cerebellum_ray.catalog import load_catalog
-    from cerebellum_ray.space import load_space
+    from cerebellum_ray.formats.catalog import load_catalog
+    from cerebellum_ray.formats.space import load_space
 
     space = load_space(Path(__file__).resolve().parent.parent / "search_spaces" / name, load_catalog(gemma3))
     assert space.dimensions and "kld" in space.objectives

@@ -5,13 +5,13 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from cerebellum_ray.build import build
-from cerebellum_ray.catalog import load_catalog
-from cerebellum_ray.llama_runner import LlamaRunner, RunnerConfig
-from cerebellum_ray.logprobs import full_kld
-from cerebellum_ray.precision_map import MapSpec, resolve
-from cerebellum_ray.reference import ReferenceMismatch, load_reference, save_reference
-from cerebellum_ray.score import EvalSpec, ScoreError, chunk_logits, compute_reference, score, score_stream
+from cerebellum_ray.quant.build import build
+from cerebellum_ray.formats.catalog import load_catalog
+from cerebellum_ray.evaluate.llama_runner import LlamaRunner, RunnerConfig
+from cerebellum_ray.evaluate.logprobs import full_kld
+from cerebellum_ray.formats.precision_map import MapSpec, resolve
+from cerebellum_ray.evaluate.reference import ReferenceMismatch, load_reference, save_reference
+from cerebellum_ray.evaluate.score import EvalSpec, ScoreError, chunk_logits, compute_reference, score, score_stream
 
 N_CTX = 128
 
@@ -169,8 +169,8 @@ def test_several_sequences_per_decode_score_as_one_at_a_time(tiny_models, quanti
     (("CPU_REPACK",), "0", False),
 ])
 def test_extra_weight_buffers_are_off_where_the_build_has_amx(monkeypatch, extra, env, expected):
-    from cerebellum_ray import _ggml
-    from cerebellum_ray.llama_runner import llama_tool_flags, use_extra_buffers
+    from cerebellum_ray.native import ggml as _ggml
+    from cerebellum_ray.evaluate.llama_runner import llama_tool_flags, use_extra_buffers
 
     monkeypatch.setattr(_ggml, "cpu_extra_buffer_types", lambda: extra)
     monkeypatch.setenv("CEREBELLUM_EXTRA_BUFFERS", env)
@@ -179,7 +179,7 @@ def test_extra_weight_buffers_are_off_where_the_build_has_amx(monkeypatch, extra
 
 
 def test_this_build_reports_its_extra_buffer_types():
-    from cerebellum_ray._ggml import cpu_extra_buffer_types
+    from cerebellum_ray.native.ggml import cpu_extra_buffer_types
 
     names = cpu_extra_buffer_types()
     assert len(set(names)) == len(names) and all(isinstance(n, str) and n for n in names)

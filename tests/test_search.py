@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from cerebellum_ray import store
-from cerebellum_ray.search import SearchOptions, init_ray, run_search, trial_resources
-from cerebellum_ray.space import SpaceError
+from cerebellum_ray.core import store
+from cerebellum_ray.study.search import SearchOptions, init_ray, run_search, trial_resources
+from cerebellum_ray.formats.space import SpaceError
 
 pytestmark = pytest.mark.slow
 SPACE = str(Path("search_spaces/tiny-gemma4.yaml").resolve())
@@ -155,7 +155,7 @@ def test_ablation_results_warm_start_an_optuna_study(tiny_models, tmp_path):
     """Finished rows of another study (same space and evaluation) become finished multi-objective Optuna trials."""
     import optuna
 
-    from cerebellum_ray.search import _make_searcher_class, add_finished_trials, prepare, warm_start_points
+    from cerebellum_ray.study.search import _make_searcher_class, add_finished_trials, prepare, warm_start_points
 
     opts = _opts(tiny_models, tmp_path)
     ctx = prepare(opts, tmp_path / "work")
@@ -181,8 +181,8 @@ def test_ablation_runs_from_the_preset_itself_and_resumes(local_ray, tiny_models
     """The whole ablation on Ray: the base row is the preset's map exactly (Q4_K_M mixes attn_v types across
     layers, which no point of a per-group dimension can hold), every move changes only its own tensors, the summary
     is written, and a rerun answers every step from the store."""
-    from cerebellum_ray.catalog import load_catalog
-    from cerebellum_ray.precision_map import MapSpec, resolve
+    from cerebellum_ray.formats.catalog import load_catalog
+    from cerebellum_ray.formats.precision_map import MapSpec, resolve
 
     space_file = tmp_path / "mixed.yaml"
     space_file.write_text(
@@ -214,10 +214,10 @@ def test_ablation_runs_from_the_preset_itself_and_resumes(local_ray, tiny_models
 
 def test_base_override_replaces_the_space_base(tiny_models):
     """--base PRESET: the same dimensions, every other tensor from that preset; a bad preset fails before Ray."""
-    from cerebellum_ray.catalog import load_catalog
-    from cerebellum_ray.precision_map import MapError, MapSpec, resolve
-    from cerebellum_ray.search import with_base
-    from cerebellum_ray.space import load_space
+    from cerebellum_ray.formats.catalog import load_catalog
+    from cerebellum_ray.formats.precision_map import MapError, MapSpec, resolve
+    from cerebellum_ray.study.search import with_base
+    from cerebellum_ray.formats.space import load_space
 
     cat = load_catalog(tiny_models["gemma4"])
     space = load_space(SPACE, cat)
@@ -231,9 +231,9 @@ def test_base_override_replaces_the_space_base(tiny_models):
 
 
 def _stopper(tiny_models, finished=()):
-    from cerebellum_ray.catalog import load_catalog
-    from cerebellum_ray.search import _make_dominance_stopper
-    from cerebellum_ray.space import load_space
+    from cerebellum_ray.formats.catalog import load_catalog
+    from cerebellum_ray.study.search import _make_dominance_stopper
+    from cerebellum_ray.formats.space import load_space
 
     return _make_dominance_stopper(load_space(SPACE, load_catalog(tiny_models["gemma4"])), finished)
 
@@ -264,9 +264,9 @@ def test_dominance_stopping_prunes_trials_and_tells_optuna(local_ray, tiny_model
     with no objective values."""
     import optuna
 
-    from cerebellum_ray.catalog import load_catalog
-    from cerebellum_ray.precision_map import tensor_bytes
-    from cerebellum_ray.search import prepare
+    from cerebellum_ray.formats.catalog import load_catalog
+    from cerebellum_ray.formats.precision_map import tensor_bytes
+    from cerebellum_ray.study.search import prepare
 
     opts = _opts(tiny_models, tmp_path, trials=4, study="pruned", warm_start=("planted",), max_concurrent=1)
     ctx = prepare(opts, tmp_path / "work")
@@ -307,8 +307,8 @@ def test_a_space_may_have_its_imatrix_made_once_from_a_text(tiny_models, tmp_pat
     it again next time; `imatrix: FILE` is read beside the space; --imatrix overrides both."""
     import yaml
 
-    from cerebellum_ray.imatrix import load_imatrix
-    from cerebellum_ray.search_runtime import prepare, read_study
+    from cerebellum_ray.formats.imatrix import load_imatrix
+    from cerebellum_ray.study.run import prepare, read_study
 
     data = yaml.safe_load(Path(SPACE).read_text())
     data["imatrix"] = {"text": "builtin", "ctx": 64, "chunks": 2}

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from cerebellum_ray.solver import (Interaction, Problem, Solver, SolverError, budget_grid, pareto_front,
+from cerebellum_ray.predict.solver import (Interaction, Problem, Solver, SolverError, budget_grid, pareto_front,
                                    refined_curve, size_range, solve, solve_many)
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cerebellum_ray.catalog import load_catalog
-from cerebellum_ray.space import SpaceError, load_space, space_from_data
+from cerebellum_ray.formats.catalog import load_catalog
+from cerebellum_ray.formats.space import SpaceError, load_space, space_from_data
 
 DEMO = "search_spaces/tiny-gemma4.yaml"
 
@@ -85,8 +85,8 @@ def test_shipped_tiny_spaces_validate(tiny_models, path):
 def gemma4_26b_catalog():
     """The tensor table of Gemma 4 26B-A4B from its published shapes (../shared/notes/gemma4-26b-a4b.md), no data:
     30 layers (every 6th full attention, no attn_v there), hidden 2816, dense FFN 2112, 128 experts of width 704."""
-    from cerebellum_ray.catalog import ModelCatalog, TensorInfo, tensor_group, tensor_layer
-    from cerebellum_ray.ggml_types import TYPES
+    from cerebellum_ray.formats.catalog import ModelCatalog, TensorInfo, tensor_group, tensor_layer
+    from cerebellum_ray.formats.ggml_types import TYPES
 
     def t(name, shape, ty="BF16"):
         n_rows = 1
@@ -129,7 +129,7 @@ def test_gemma4_26b_space_validates_against_the_real_shapes():
 
 
 def test_cerebellum_v6_map_reproduces_the_card_counts():
-    from cerebellum_ray.precision_map import by_group, load_spec, resolve
+    from cerebellum_ray.formats.precision_map import by_group, load_spec, resolve
 
     cat = gemma4_26b_catalog()
     counts = by_group(cat, resolve(cat, load_spec("search_spaces/cerebellum-v6.yaml")))
@@ -142,7 +142,7 @@ def test_cerebellum_v6_map_reproduces_the_card_counts():
 
 
 def test_store_schema_is_documented():
-    from cerebellum_ray.store import SCHEMA
+    from cerebellum_ray.core.store import SCHEMA
 
     doc = open("search_spaces/README.md").read()
     assert all(f"`{name}`" in doc for name in SCHEMA.names)
@@ -150,8 +150,8 @@ def test_store_schema_is_documented():
 
 def test_every_shipped_space_passes_the_schema():
     """Each search space in search_spaces/ (not the fixed map cerebellum-v6.yaml) is valid against SPACE_SCHEMA."""
-    from cerebellum_ray.errors import CerebellumError
-    from cerebellum_ray.schema import SPACE_SCHEMA, parse_yaml, validate
+    from cerebellum_ray.core.errors import CerebellumError
+    from cerebellum_ray.core.schema import SPACE_SCHEMA, parse_yaml, validate
 
     spaces = sorted((Path(__file__).resolve().parent.parent / "search_spaces").glob("*.yaml"))
     checked = 0

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from cerebellum_ray import gguf_io
-from cerebellum_ray.build import build, output_paths
-from cerebellum_ray.catalog import load_catalog
-from cerebellum_ray.corpus import default_text
-from cerebellum_ray.precision_map import MapSpec, resolve
-from cerebellum_ray.score import EvalSpec, score
+from cerebellum_ray.formats import gguf_io
+from cerebellum_ray.quant.build import build, output_paths
+from cerebellum_ray.formats.catalog import load_catalog
+from cerebellum_ray.evaluate.corpus import default_text
+from cerebellum_ray.formats.precision_map import MapSpec, resolve
+from cerebellum_ray.evaluate.score import EvalSpec, score
 
 
 def _q4(source):
@@ -161,7 +161,7 @@ def test_a_renamed_first_part_is_refused_with_the_naming_rule(built, tmp_path):
 
 
 def test_a_failed_split_build_leaves_no_part(tiny_models, tmp_path, monkeypatch):
-    import cerebellum_ray.build as build_module
+    import cerebellum_ray.quant.build as build_module
 
     source = tiny_models["gemma4"]
     calls = []

@@ -1,6 +1,6 @@
 """The Parquet result store: rows of some studies read from the files that can hold them, and nothing else."""
 
-from cerebellum_ray import store
+from cerebellum_ray.core import store
 
 
 def test_rows_of_studies_whose_names_share_prefixes_or_sanitize_alike(tmp_path):

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 
-from cerebellum_ray import surgery as surgery_mod
-from cerebellum_ray.atomic import OutputError
-from cerebellum_ray.build import build
-from cerebellum_ray.catalog import load_catalog
-from cerebellum_ray.gguf_io import read_header
-from cerebellum_ray.imatrix import load_imatrix
-from cerebellum_ray.precision_map import MapError, MapSpec, resolve
-from cerebellum_ray.quantize import QuantJob, quantize_array
+from cerebellum_ray.results import surgery as surgery_mod
+from cerebellum_ray.core.atomic import OutputError
+from cerebellum_ray.quant.build import build
+from cerebellum_ray.formats.catalog import load_catalog
+from cerebellum_ray.formats.gguf_io import read_header
+from cerebellum_ray.formats.imatrix import load_imatrix
+from cerebellum_ray.formats.precision_map import MapError, MapSpec, resolve
+from cerebellum_ray.quant.quantize import QuantJob, quantize_array
 from cerebellum_ray.cli import main
-from cerebellum_ray.surgery import SurgeryError, surgery
+from cerebellum_ray.results.surgery import SurgeryError, surgery
 
 ROUTER = "blk.1.ffn_gate_inp.weight"
 ATTN_Q = "blk.0.attn_q.weight"
@@ -232,7 +232,7 @@ def test_failed_check_leaves_input_untouched_and_no_temp_file(quantized, tmp_pat
 def test_corrupted_result_is_caught_before_anything_is_replaced(quantized, tmp_path, monkeypatch):
     """A recast with NaN scales loads in llama.cpp but computes garbage (NaN logits with some kernels, finite ones
     with others): its dequantized values are checked, and it is refused with nothing replaced."""
-    from cerebellum_ray import quantize
+    from cerebellum_ray.quant import quantize
 
     real = quantize.quantize_tensor
 
@@ -279,8 +279,8 @@ def test_cli_dry_run_people_and_json(quantized, tmp_path, capsys):
 
 def test_llama_cpp_check_refuses_a_model_that_computes_nan(quantized, tmp_path):
     """The run check itself: NaN in the final norm's weights reaches every logit, whatever the kernels."""
-    from cerebellum_ray.catalog import load_catalog
-    from cerebellum_ray.surgery import check_runs
+    from cerebellum_ray.formats.catalog import load_catalog
+    from cerebellum_ray.results.surgery import check_runs
 
     path = tmp_path / "model.gguf"
     shutil.copyfile(quantized["Q4_K_M"], path)
@@ -300,6 +300,6 @@ def test_recast_to_a_float_type_passes_the_finite_check(quantized, tmp_path, new
     out = tmp_path / "out.gguf"
     report = surgery(quantized["Q4_K_M"], [rf"blk\.0\.attn_q\.weight={new_type}"], out)
     assert report.written and report.check.startswith("ok:")
-    from cerebellum_ray.catalog import load_catalog
+    from cerebellum_ray.formats.catalog import load_catalog
 
     assert next(t for t in load_catalog(out).tensors if t.name == "blk.0.attn_q.weight").type == new_type

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from cerebellum_ray.choices import ChoiceTable
-from cerebellum_ray.prior import Prior
-from cerebellum_ray.solver import budget_grid, solve, solve_many
-from cerebellum_ray.surrogate import (THREE_SIGMA_P, Observation, SurrogateError, _fit, _log_chi2_sf, _Solved,
+from cerebellum_ray.predict.choices import ChoiceTable
+from cerebellum_ray.predict.prior import Prior
+from cerebellum_ray.predict.solver import budget_grid, solve, solve_many
+from cerebellum_ray.predict.surrogate import (THREE_SIGMA_P, Observation, SurrogateError, _fit, _log_chi2_sf, _Solved,
                                       fit_surrogate, observation, observations_from_rows)
 
 REL_ERR = {4: (0.06, 0.018, 0.0045, 0.0012), 3: (0.06, 0.018, 0.0045)}
@@ -267,10 +267,10 @@ def test_dual_and_primal_forms_agree():
 def test_end_to_end_on_the_tiny_model(tiny_models, tiny_imatrix):
     """prior -> store-like rows -> surrogate -> solver -> the map the space builds, on the tiny Gemma-4 model (KLD
     made up from the prior: the wiring, not the quality, is under test)."""
-    from cerebellum_ray.catalog import load_catalog
-    from cerebellum_ray.precision_map import tensor_bytes
-    from cerebellum_ray.prior import space_prior
-    from cerebellum_ray.space import space_from_data
+    from cerebellum_ray.formats.catalog import load_catalog
+    from cerebellum_ray.formats.precision_map import tensor_bytes
+    from cerebellum_ray.predict.prior import space_prior
+    from cerebellum_ray.formats.space import space_from_data
 
     path = tiny_models["gemma4"]
     catalog = load_catalog(path)

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cerebellum_ray.generate import continuation_logprobs, generate_greedy
-from cerebellum_ray.llama_runner import LlamaRunner, RunnerConfig
-from cerebellum_ray.tasks import TaskError, load_choice_items, score_choices
+from cerebellum_ray.evaluate.generate import continuation_logprobs, generate_greedy
+from cerebellum_ray.evaluate.llama_runner import LlamaRunner, RunnerConfig
+from cerebellum_ray.evaluate.tasks import TaskError, load_choice_items, score_choices
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROMPTS = [f"def add_{i}(a, b):\n    return" for i in range(5)] + ["The quick brown fox", "import os\n"]
@@ -112,7 +112,7 @@ def test_bad_multiple_choice_file_is_refused(tmp_path):
 
 def test_chat_prompt_uses_the_models_template(tiny_chat_model):
     """A copy of the tiny model with a Gemma-style tokenizer.chat_template key: the prompt goes through it."""
-    from cerebellum_ray.tasks import chat_prompt
+    from cerebellum_ray.evaluate.tasks import chat_prompt
 
     out = tiny_chat_model
     prompt = chat_prompt(out, "def add(a, b):\n")

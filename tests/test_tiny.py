@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader
 
-from cerebellum_ray import tiny
-from cerebellum_ray.imatrix import load_imatrix
-from cerebellum_ray.tiny import GEMMA4, MIXTRAL, TINY_ARCHS, make_tiny, make_tiny_imatrix
+from cerebellum_ray.formats import tiny
+from cerebellum_ray.formats.imatrix import load_imatrix
+from cerebellum_ray.formats.tiny import GEMMA4, MIXTRAL, TINY_ARCHS, make_tiny, make_tiny_imatrix
 
 F16, F32 = GGMLQuantizationType.F16, GGMLQuantizationType.F32
 TEXT = "The quick brown fox jumps over the lazy dog."

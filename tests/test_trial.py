@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from cerebellum_ray import store
-from cerebellum_ray.search import SearchOptions, prepare, run_search
-from cerebellum_ray.trial import evaluate_point
+from cerebellum_ray.core import store
+from cerebellum_ray.study.search import SearchOptions, prepare, run_search
+from cerebellum_ray.study.trial import evaluate_point
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 pytestmark = pytest.mark.slow

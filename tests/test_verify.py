@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from cerebellum_ray import store
+from cerebellum_ray.core import store
 from cerebellum_ray.cli import main
-from cerebellum_ray.verify import VerifyError, VerifyOptions, mcnemar_exact, members, paired
+from cerebellum_ray.results.verify import VerifyError, VerifyOptions, mcnemar_exact, members, paired
 
 
 def test_mcnemar_exact_on_planted_counts():

@@ -15,8 +15,8 @@ from pathlib import Path
 import llama_cpp  # noqa: F401  (before numpy: ../shared/notes/gpu.md)
 import numpy as np
 
-from cerebellum_ray.imatrix_collect import CollectSettings, collect_stats, default_calibration_text
-from cerebellum_ray.tiny import make_tiny
+from cerebellum_ray.evaluate.imatrix_collect import CollectSettings, collect_stats, default_calibration_text
+from cerebellum_ray.formats.tiny import make_tiny
 
 WORK = Path("bench/out/gpu/imatrix")
 

@@ -21,14 +21,14 @@ import subprocess
 import time
 from pathlib import Path
 
-from cerebellum_ray.build import build
-from cerebellum_ray.catalog import load_catalog
-from cerebellum_ray.corpus import default_text
-from cerebellum_ray.llama_runner import LlamaRunner, RunnerConfig
-from cerebellum_ray.precision_map import MapSpec, Rule, resolve
-from cerebellum_ray.score import EvalSpec, compute_reference, score_stream
-from cerebellum_ray.tensor_cache import TensorCache
-from cerebellum_ray.tiny import make_tiny
+from cerebellum_ray.quant.build import build
+from cerebellum_ray.formats.catalog import load_catalog
+from cerebellum_ray.evaluate.corpus import default_text
+from cerebellum_ray.evaluate.llama_runner import LlamaRunner, RunnerConfig
+from cerebellum_ray.formats.precision_map import MapSpec, Rule, resolve
+from cerebellum_ray.evaluate.score import EvalSpec, compute_reference, score_stream
+from cerebellum_ray.quant.tensor_cache import TensorCache
+from cerebellum_ray.formats.tiny import make_tiny
 
 WORK = Path(os.environ.get("REHEARSAL_DIR", "/tmp/rehearsal"))
 

@@ -21,8 +21,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .errors import CerebellumError
-from .units import human_bytes as _human
+from ..core.errors import CerebellumError
+from ..core.units import human_bytes as _human
 
 EXIT_BAD_INPUT = 2
 EXIT_NO_SANDBOX = 1
@@ -92,7 +92,7 @@ _seconds = _number(0.0, 3600.0, low_open=True)
 
 
 def cmd_inspect(args) -> int:
-    from .catalog import catalog_as_dict, load_catalog
+    from ..formats.catalog import catalog_as_dict, load_catalog
 
     cat = load_catalog(args.model)
     if args.json:
@@ -137,7 +137,7 @@ def _map_inputs(args) -> dict[str, str | None]:
 
 
 def _resolve_map(args, catalog):
-    from .precision_map import MapSpec, load_spec, merge_specs, resolve, rules_from_pairs
+    from ..formats.precision_map import MapSpec, load_spec, merge_specs, resolve, rules_from_pairs
 
     spec = load_spec(args.map) if args.map else MapSpec()
     spec = merge_specs(spec, rules_from_pairs(args.set), base=args.base, like=args.like, fallback=args.fallback)
@@ -147,15 +147,15 @@ def _resolve_map(args, catalog):
 def _load_imatrix(args):
     if not args.imatrix:
         return None
-    from .imatrix import load_imatrix
+    from ..formats.imatrix import load_imatrix
 
     return load_imatrix(args.imatrix)
 
 
 def cmd_map(args) -> int:
-    from .build import predicted_file_size
-    from .catalog import load_catalog
-    from .precision_map import by_group, tensor_bytes, to_tensor_type_lines
+    from ..quant.build import predicted_file_size
+    from ..formats.catalog import load_catalog
+    from ..formats.precision_map import by_group, tensor_bytes, to_tensor_type_lines
 
     cat = load_catalog(args.source)
     pmap = _resolve_map(args, cat)
@@ -164,7 +164,7 @@ def cmd_map(args) -> int:
     fsize = predicted_file_size(args.source, pmap, imatrix)
     bpw = 8.0 * tbytes / cat.n_elements
     if args.tensor_type_file:
-        from .atomic import write_text
+        from ..core.atomic import write_text
 
         write_text(args.tensor_type_file, to_tensor_type_lines(pmap, cat), inputs=_map_inputs(args))
     result = {
@@ -190,7 +190,7 @@ def cmd_map(args) -> int:
 
 def _print_fallbacks(fallbacks, verbose: bool, indent: str = "") -> None:
     """llama.cpp's row-length fallbacks: one line per rule and reason (tensors as ranges), each tensor with -v."""
-    from .precision_map import fallback_summary
+    from ..formats.precision_map import fallback_summary
 
     if verbose:
         for fb in fallbacks:
@@ -204,11 +204,11 @@ def _print_fallbacks(fallbacks, verbose: bool, indent: str = "") -> None:
 
 
 def cmd_build(args) -> int:
-    from .atomic import check_destination, refuse_inputs
-    from .build import build
-    from .catalog import load_catalog
-    from .tensor_cache import TensorCache
-    from .units import parse_size
+    from ..core.atomic import check_destination, refuse_inputs
+    from ..quant.build import build
+    from ..formats.catalog import load_catalog
+    from ..quant.tensor_cache import TensorCache
+    from ..core.units import parse_size
 
     check_destination(args.out)  # before any work: a bad output is refused at once
     refuse_inputs(args.out, _map_inputs(args))
@@ -248,7 +248,7 @@ def cmd_build(args) -> int:
 
 
 def _split_size(args) -> int | None:
-    from .gguf_io import parse_split_size
+    from ..formats.gguf_io import parse_split_size
 
     return parse_split_size(args.split_max_size) if getattr(args, "split_max_size", None) else None
 
@@ -264,8 +264,8 @@ def _add_split_option(p) -> None:
 
 
 def cmd_imatrix(args) -> int:
-    from ._llama import llama_cpp  # noqa: F401  (before numpy)
-    from .imatrix_collect import CollectSettings, compute_imatrix
+    from ..native.llama import llama_cpp  # noqa: F401  (before numpy)
+    from ..evaluate.imatrix_collect import CollectSettings, compute_imatrix
 
     settings = CollectSettings(n_ctx=args.ctx, n_chunks=args.chunks, n_threads=args.threads,
                                n_gpu_layers=args.n_gpu_layers)
@@ -287,7 +287,7 @@ def cmd_imatrix(args) -> int:
 
 
 def cmd_make_tiny(args) -> int:
-    from .tiny import make_tiny, make_tiny_imatrix
+    from ..formats.tiny import make_tiny, make_tiny_imatrix
 
     path = make_tiny(args.arch, args.out, seed=args.seed, shape=args.shape, n_layer=args.layers, dtype=args.dtype)
     made = [str(path)]
@@ -318,10 +318,10 @@ def _read_text_file(path: str, what: str) -> str:
 
 
 def cmd_score(args) -> int:
-    from ._llama import llama_cpp  # noqa: F401  (before numpy)
-    from .corpus import default_text
-    from .llama_runner import LlamaRunner, RunnerConfig
-    from .score import EvalSpec, reference_for, score, score_stream
+    from ..native.llama import llama_cpp  # noqa: F401  (before numpy)
+    from ..evaluate.corpus import default_text
+    from ..evaluate.llama_runner import LlamaRunner, RunnerConfig
+    from ..evaluate.score import EvalSpec, reference_for, score, score_stream
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = sorted(set(metrics) - set(METRICS))
@@ -334,7 +334,7 @@ def cmd_score(args) -> int:
     text = _read_text_file(args.text, "evaluation text") if args.text else default_text()
     llama_ref = None
     if args.reference_logits:
-        from .score import llama_reference
+        from ..evaluate.score import llama_reference
 
         if "kld" not in metrics:
             metrics.append("kld")
@@ -342,7 +342,7 @@ def cmd_score(args) -> int:
         args.ctx, args.chunks = llama_ref.key.n_ctx, llama_ref.key.n_chunks  # the file's own evaluation
     chat = None
     if args.chat_text:
-        from .chat import load_conversations
+        from ..evaluate.chat import load_conversations
 
         chat = load_conversations(args.chat_text)
     spec = EvalSpec(text=text, n_ctx=args.ctx, n_chunks=args.chunks, top_k=args.top_k, tail_samples=args.tail_samples,
@@ -359,7 +359,7 @@ def cmd_score(args) -> int:
                 print(json.dumps(line, default=str) if args.json else line, flush=True)
         result["text"] = record.as_dict()
     if "kld_code" in metrics or "ppl_code" in metrics:
-        from .corpus import default_code_text
+        from ..evaluate.corpus import default_code_text
 
         code = _read_text_file(args.code_text, "code text") if args.code_text else default_code_text()
         code_spec = EvalSpec(text=code, n_ctx=args.ctx, n_chunks=args.chunks, top_k=args.top_k,
@@ -367,7 +367,7 @@ def cmd_score(args) -> int:
         code_ref = reference_for(args.reference, None, code_spec, config) if "kld_code" in metrics else None
         result["code"] = score(args.model, code_spec, code_ref, config).as_dict()
     if "humaneval" in metrics or "mc" in metrics:
-        from .tasks import load_choice_items, score_choices, score_humaneval
+        from ..evaluate.tasks import load_choice_items, score_choices, score_humaneval
 
         gen_config = RunnerConfig(n_ctx=args.gen_ctx, n_seq=args.n_seq, n_gpu_layers=args.n_gpu_layers)
         with LlamaRunner(args.model, gen_config) as runner:
@@ -424,7 +424,7 @@ def _print_score(result: dict) -> None:
 
 
 def _search_options(args):
-    from .search import SearchOptions
+    from ..study.search import SearchOptions
 
     return SearchOptions(
         space_file=args.space, source=args.source, study=args.study, store_dir=args.store, strategy=args.strategy,
@@ -455,7 +455,7 @@ def _stdout_to_stderr(active: bool):
 
 
 def cmd_search(args) -> int:
-    from .search import run_search
+    from ..study.search import run_search
 
     with _stdout_to_stderr(args.json):
         result = run_search(_search_options(args))
@@ -468,13 +468,13 @@ def cmd_search(args) -> int:
 
 
 def _study_summary(store_dir: str, study: str) -> dict[str, Any]:
-    from . import store
+    from ..core import store
 
     rows = store.rows(store_dir, [study])
     by_status: dict[str, int] = {}
     for r in rows:
         by_status[r["status"]] = by_status.get(r["status"], 0) + 1
-    from .pareto import compute_fronts
+    from ..predict.fronts import compute_fronts
 
     fronts = compute_fronts(rows, ["size", "kld"]) if rows else []
     front = fronts[0].points if fronts else []
@@ -498,8 +498,8 @@ def _print_study_summary(summary: dict, store_dir: str) -> None:
 
 
 def cmd_pareto(args) -> int:
-    from .atomic import check_destination, refuse_store_files
-    from .pareto import OBJECTIVES, compare_fronts, compute_fronts, knee_point, rows_for_fronts
+    from ..core.atomic import check_destination, refuse_store_files
+    from ..predict.fronts import OBJECTIVES, compare_fronts, compute_fronts, knee_point, rows_for_fronts
 
     for path in args.plot or []:
         if not path.endswith((".png", ".html")):
@@ -516,7 +516,7 @@ def cmd_pareto(args) -> int:
         colour = "bpw"  # a front of two qualities: size as colour
     fronts = compute_fronts(search + refs if args.include_references else search, objectives, group_by=args.by)
     if args.plot:
-        from .plots import plot_html, plot_png
+        from ..results.plots import plot_html, plot_png
 
         for path in args.plot:
             (plot_html if path.endswith(".html") else plot_png)(fronts, refs, path, objectives, colour=colour)
@@ -567,8 +567,8 @@ def cmd_pareto(args) -> int:
 def _predictions_and_departures(store_dir: str, rows: list[dict]) -> dict[str, Any]:
     """Predicted vs measured KLD of the rows that carry a prediction (guided, solve --verify), and the pairs of
     choices whose joint effect departs from additivity by more than 3 standard errors, per guided study."""
-    from .guided import study_departures
-    from .pareto import prediction_check
+    from ..study.guided import study_departures
+    from ..predict.fronts import prediction_check
 
     predictions = prediction_check(rows)
     departures: dict[str, Any] = {}
@@ -626,8 +626,8 @@ def _within_size(rows: list[dict], args) -> list[dict]:
 
 
 def cmd_export(args) -> int:
-    from .export import export
-    from .units import parse_size
+    from ..results.export import export
+    from ..core.units import parse_size
 
     max_size = parse_size(args.max_size, "--max-size") if args.max_size else None
     result = export(args.store, args.source, args.out, studies=args.study, trial=args.trial, pick=args.pick,
@@ -647,7 +647,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from ..results.report import write_report
 
     path = write_report(args.store, args.study, args.out)
     print(json.dumps({"report": str(path)}) if args.json else f"wrote {path}")
@@ -658,8 +658,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from ._llama import llama_cpp  # noqa: F401  (before numpy)
-    from .verify import VerifyOptions, verify
+    from ..native.llama import llama_cpp  # noqa: F401  (before numpy)
+    from ..results.verify import VerifyOptions, verify
 
     opts = VerifyOptions(
         store_dir=args.store, study=args.study, source=args.source, front=not args.trial,
@@ -699,10 +699,10 @@ def _verified_line(r: dict) -> str:
 
 
 def cmd_prior(args) -> int:
-    from ._llama import llama_cpp  # noqa: F401  (before numpy)
-    from .catalog import load_catalog
-    from .guided import study_prior
-    from .space import load_space
+    from ..native.llama import llama_cpp  # noqa: F401  (before numpy)
+    from ..formats.catalog import load_catalog
+    from ..study.guided import study_prior
+    from ..formats.space import load_space
 
     catalog = load_catalog(args.source)
     space = load_space(args.space, catalog)
@@ -724,10 +724,10 @@ def cmd_prior(args) -> int:
 
 
 def cmd_solve(args) -> int:
-    from ._llama import llama_cpp  # noqa: F401  (before numpy)
-    from .catalog import load_catalog
-    from .search_runtime import read_study
-    from .solve import make_budget, solve_study, verify_solution, within
+    from ..native.llama import llama_cpp  # noqa: F401  (before numpy)
+    from ..formats.catalog import load_catalog
+    from ..study.run import read_study
+    from ..results.recommend import make_budget, solve_study, verify_solution, within
 
     catalog = None
     if args.vram_gb is not None:
@@ -737,7 +737,7 @@ def cmd_solve(args) -> int:
     result = solve_study(args.store, args.study, budget, space_file=args.space, source=args.source,
                          warm_start=tuple(args.warm_start or ()), metric=args.metric)
     if args.out_map:
-        from .atomic import write_text
+        from ..core.atomic import write_text
 
         write_text(args.out_map, json.dumps(dict(result.map), indent=1) + "\n")
     if args.verify:
@@ -795,14 +795,14 @@ def _predicted_others(predicted: dict, metric: str) -> str:
 
 
 def cmd_surgery(args) -> int:
-    from ._llama import llama_cpp  # noqa: F401  (before numpy)
-    from .surgery import SurgeryError, surgery
+    from ..native.llama import llama_cpp  # noqa: F401  (before numpy)
+    from ..results.surgery import SurgeryError, surgery
 
     if not args.out and not args.dry_run:
         raise SurgeryError("--out OUT.gguf is required (it may be the input file), or ask for --dry-run")
     imatrix = _load_imatrix(args)
     if args.out:
-        from .atomic import refuse_inputs
+        from ..core.atomic import refuse_inputs
 
         refuse_inputs(args.out, {"imatrix": args.imatrix})
     report = surgery(args.model, args.set, args.out, imatrix=imatrix, dry_run=args.dry_run,
@@ -843,8 +843,8 @@ def format_surgery(r) -> str:
 
 def cmd_humaneval_check(args) -> int:
     """0 when the checks ran (whatever they found), 1 when no safe sandbox can run here, 2 for a bad input file."""
-    from .humaneval import check_completions, load_problems, read_completions, summarize
-    from .sandbox import sandbox_isolation
+    from ..evaluate.humaneval import check_completions, load_problems, read_completions, summarize
+    from ..evaluate.sandbox import sandbox_isolation
 
     problems = load_problems(path=args.problems)
     samples = read_completions(args.completions, (p.task_id for p in problems))
@@ -866,7 +866,7 @@ def cmd_humaneval_check(args) -> int:
 def _print_humaneval_json(results, summary, isolation, elapsed: float, args) -> None:
     from dataclasses import asdict
 
-    from .humaneval import per_task_counts
+    from ..evaluate.humaneval import per_task_counts
 
     totals = asdict(summary)
     totals["pass_at_k"] = {f"pass@{k}": v for k, v in summary.pass_at_k.items()}
@@ -882,7 +882,7 @@ def _print_humaneval_json(results, summary, isolation, elapsed: float, args) -> 
 
 
 def _print_humaneval_table(results, summary, isolation, elapsed: float, workers: int) -> None:
-    from .humaneval import per_task_counts
+    from ..evaluate.humaneval import per_task_counts
 
     first_failure: dict[str, Any] = {}
     statuses: dict[str, dict[str, int]] = {}
@@ -914,8 +914,8 @@ def _print_humaneval_table(results, summary, isolation, elapsed: float, workers:
 def cmd_demo(args) -> int:
     """The whole service on the embedded tiny MoE: local Ray on CPU, llama.cpp presets as reference points, an
     Optuna search, then the Pareto front, its plot and the store's path."""
-    from .search import SearchOptions, run_search
-    from .tiny import make_tiny, make_tiny_imatrix
+    from ..study.search import SearchOptions, run_search
+    from ..formats.tiny import make_tiny, make_tiny_imatrix
 
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -954,7 +954,7 @@ def _bundled_space(name: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = _Parser(
         prog="cerebellum-ray",

@@ -1,0 +1,3 @@
+"""Foundations every room stands on: errors, atomic writes, digests, units, the schema, the result store.
+
+Imports nothing eagerly: llama_cpp must load before numpy."""
