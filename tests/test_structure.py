@@ -3,6 +3,7 @@ own room or rooms below it), no import cycle (imports inside functions counted),
 shims, one command-line room, one place that imports llama_cpp, one module that renames files into place."""
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -19,20 +20,24 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+@functools.cache
 def _modules() -> dict[str, tuple[Path, ast.Module]]:
     """Every module of the package by dotted name (rooms recursively, shims and __init__ files included)."""
     return {_module_name(p): (p, ast.parse(p.read_text(), str(p))) for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _resolve(module: str, path: Path, node: ast.ImportFrom) -> list[str]:
-    """The absolute module names an import statement names (relative imports resolved against `module`)."""
+def _resolve(module: str, path: Path, node: ast.ImportFrom, known: set[str]) -> list[str]:
+    """The modules of the package an import statement uses (relative imports resolved against `module`): the
+    submodules it names, and the module it imports from when it takes other names than submodules from it."""
     if node.level == 0:
         base = node.module or ""
     else:
         package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
         package = package[: len(package) - (node.level - 1)]
         base = ".".join(package + ([node.module] if node.module else []))
-    return [base] + [f"{base}.{a.name}" for a in node.names]
+    submodules = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known]
+    takes_names = len(submodules) < len(node.names)
+    return ([base] if takes_names and base in known else []) + submodules
 
 
 def _package_imports(module: str, path: Path, tree: ast.Module, known: set[str]) -> set[str]:
@@ -40,7 +45,7 @@ def _package_imports(module: str, path: Path, tree: ast.Module, known: set[str])
     out = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            out.update(n for n in _resolve(module, path, node) if n in known)
+            out.update(_resolve(module, path, node, known))
         elif isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name in known)
     return {m for m in out if m != module and m != "cerebellum_ray"}
@@ -131,9 +136,11 @@ def test_the_room_rule_finds_an_upward_import():
 
 def test_relative_imports_are_resolved():
     path = PACKAGE / "study" / "run.py"
+    known = set(_modules())
     node = ast.parse("from ..core import store").body[0]
-    assert _resolve("cerebellum_ray.study.run", path, node)[:2] == ["cerebellum_ray.core",
-                                                                     "cerebellum_ray.core.store"]
+    assert _resolve("cerebellum_ray.study.run", path, node, known) == ["cerebellum_ray.core.store"]
+    node = ast.parse("from ..core.store import rows").body[0]
+    assert _resolve("cerebellum_ray.study.run", path, node, known) == ["cerebellum_ray.core.store"]
 
 
 @pytest.mark.parametrize("room", ROOMS)
