@@ -54,7 +54,7 @@ def _space(**over):
      "layer 9 of '0-9' is not a layer of the model"),
     ({"dimensions": [{"name": "a", "select": {"group": "attn_q"}, "types": ["Q4_K"]},
                      {"name": "b", "select": {"regex": "attn_q"}, "types": ["Q4_K"]}]}, "is in two dimensions"),
-    ({"objectives": ["kld", "latency"]}, "objectives.1.: 'latency' is not one of kld, ppl"),
+    ({"objectives": ["kld", "latency"]}, "objectives.1.: 'latency' is not one of size, bpw, kld, ppl"),
     ({"base": "Q9_K"}, "unknown base preset"),
     ({"objectives": ["humaneval", "size"]}, "humaneval_limit"),
     ({"constraints": {"max_size": "12 parsecs"}}, "constraints.max_size: '12 parsecs' is not in the expected form"),

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CerebellumError
+from .metrics import OBJECTIVE_NAMES  # the registry's objectives: the enum of `objectives` below
 
 MAX_DOCUMENT_BYTES = 4 << 20  # a 26B model's map is ~60 KB; anything near this is not a map or a space
 MAX_NESTING = 64
@@ -26,7 +27,6 @@ REGEX_TIMEOUT_S = 1.0
 
 SIZE_PATTERN = r"^\s*[0-9]+(\.[0-9]*)?\s*([KMGT]i?B|[KMGT]|B)?\s*$"
 PRESETS_NOTE = "a llama.cpp preset name such as Q4_K_M, Q3_K_M, Q8_0"
-OBJECTIVE_NAMES = ("kld", "ppl", "kld_code", "ppl_code", "size", "bpw", "humaneval", "mc", "speed")
 
 _string = {"type": "string"}
 _positive_int = {"type": "integer", "minimum": 1}

@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Mapping
 
+from ..core import metrics
 from ..core.errors import CerebellumError
 from .catalog import GROUPS, ModelCatalog, TensorInfo
 from .ggml_types import TYPES, ggml_type
 from .precision_map import MapSpec, PrecisionMap, Rule, resolve
 from ..core.units import SizeError, parse_size
 
-OBJECTIVE_DIRECTIONS = {"kld": "min", "ppl": "min", "kld_code": "min", "ppl_code": "min", "size": "min", "bpw": "min",
-                        "humaneval": "max", "mc": "max", "speed": "max"}
-CODE_OBJECTIVES = ("kld_code", "ppl_code")
+CODE_OBJECTIVES = tuple(m.name for m in metrics.METRICS if m.objective and m.needs == "code")
+OBJECTIVE_DIRECTIONS = {m.name: m.direction for m in metrics.METRICS if m.objective}  # older callers; derived
 
 class SpaceError(CerebellumError):
     """An invalid search space; the message names the dimension, the tensor and the rule."""
@@ -88,12 +88,13 @@ class SearchSpace:
 
     @property
     def quality(self) -> str | None:
-        """The text-quality objective early stopping watches (the first of kld, ppl), or None."""
-        return next((o for o in self.objectives if o in ("kld", "ppl")), None)
+        """The text-quality objective early stopping watches (the first with a running standard error: kld, ppl),
+        or None."""
+        return next((o for o in self.objectives if metrics.metric(o).running), None)
 
     @property
     def directions(self) -> tuple[str, ...]:
-        return tuple(OBJECTIVE_DIRECTIONS[o] for o in self.objectives)
+        return metrics.directions(self.objectives)
 
     def dimension(self, param: str) -> Dimension:
         for d in self.dimensions:
@@ -278,9 +279,10 @@ def space_from_data(data: Any, catalog: ModelCatalog, source_file: str = "<space
                 raise SpaceError(f"tensor {t} is in two dimensions ({owner[t]} and {d.dimension}); select it once")
             owner[t] = d.dimension
     objectives = tuple(data.get("objectives") or ("kld", "size"))
-    bad = [o for o in objectives if o not in OBJECTIVE_DIRECTIONS]
-    if bad:
-        raise SpaceError(f"{source_file}: unknown objective {bad[0]!r}; objectives: {', '.join(OBJECTIVE_DIRECTIONS)}")
+    try:
+        metrics.check(objectives, objective=True, what="objective")
+    except metrics.MetricError as exc:
+        raise SpaceError(f"{source_file}: {exc}") from None
     constraints = data.get("constraints") or {}
     try:
         max_size = parse_size(constraints["max_size"], "constraints.max_size") if "max_size" in constraints else None
@@ -364,3 +366,9 @@ def vram_budget(vram: Any, catalog: ModelCatalog, max_size: int | None) -> int:
     kv_bytes = 2 * n_layer * ctx * int(head_kv) * int(k_len) * 2
     budget = int(total * 0.95 - kv_bytes)
     return min(budget, max_size) if max_size else budget
+
+
+__all__ = [
+    "CODE_OBJECTIVES", "Dimension", "Evaluation", "ImatrixSpec", "SearchSpace", "SpaceError", "load_space",
+    "space_from_data", "vram_budget"
+]

@@ -31,45 +31,35 @@ from typing import Any
 
 import numpy as np
 
+from ..core import metrics
+from ..core.compat import former_names
 from ..core.errors import CerebellumError
+from ..core.metrics import UNIT_SCALE
 
 __all__ = [
     "OBJECTIVES",
     "UNIT_SCALE",
     "Front",
+    "check_front_objectives",
     "compare_fronts",
     "compute_fronts",
     "default_reference_point",
     "hypervolume",
     "knee_point",
+    "order_front",
     "pareto_mask",
     "prediction_check",
+    "rows_as_dicts",
     "rows_for_fronts",
 ]
 
-# name -> (row column, direction, axis label, display unit). Data: directions, labels and units derive from it. Every
-# metric the store holds that a front can be drawn on, objectives of a space or not.
-OBJECTIVES: dict[str, tuple[str, str, str, str]] = {
-    "size": ("size_bytes", "min", "file size", "GB"),
-    "bpw": ("bpw", "min", "bits per weight", "bpw"),
-    "kld": ("kld", "min", "mean KL divergence vs reference", "nats"),
-    "kld_p999": ("kld_p999", "min", "99.9th percentile KL divergence", "nats"),
-    "same_top": ("same_top", "max", "same top token as the reference", "%"),
-    "ppl": ("ppl", "min", "perplexity", ""),
-    "kld_code": ("kld_code", "min", "mean KL divergence on code", "nats"),
-    "ppl_code": ("ppl_code", "min", "perplexity on code", ""),
-    "humaneval": ("humaneval", "max", "HumanEval pass@1", "%"),
-    "mc": ("mc_acc", "max", "multiple-choice accuracy", "%"),
-    "speed": ("pp_tokens_per_s", "max", "prompt processing speed", "tokens/s"),
-    "gen_speed": ("gen_tokens_per_s", "max", "generation speed", "tokens/s"),
-}
-
-# display unit -> factor from the stored value (bytes, fraction) to the displayed one. Units not listed: 1.
-UNIT_SCALE: dict[str, float] = {"GB": 1e-9, "%": 100.0}
+# Every metric a front can be drawn on is one of the registry's (core.metrics); this is its older tuple view,
+# name -> (row column, direction, axis label, display unit), for callers that index it.
+OBJECTIVES: dict[str, tuple[str, str, str, str]] = {m.name: (m.column, m.direction, m.label, m.unit)
+                                                    for m in metrics.METRICS}
 
 DEFAULT_MARGIN = 0.1  # the reference point lies this fraction of each objective's range beyond the worst value
 GROUP_BY = ("study", "strategy")
-_DIRECTIONS = ("min", "max")
 _BLOCK = 512  # rows per block in the O(n^2) dominance test: bounds memory to _BLOCK * n * d booleans
 
 
@@ -88,9 +78,9 @@ def _as_minimization(points: Any, directions: Sequence[str]) -> np.ndarray:
         raise ValueError(
             f"points have {pts.shape[1]} objectives but {len(directions)} directions were given ({directions=})."
         )
-    bad = [d for d in directions if d not in _DIRECTIONS]
+    bad = [d for d in directions if d not in metrics.DIRECTIONS]
     if bad:
-        raise ValueError(f"every direction must be one of {_DIRECTIONS}, but got {bad}.")
+        raise ValueError(f"every direction must be one of {metrics.DIRECTIONS}, but got {bad}.")
     if np.isnan(pts).any():
         rows = sorted(set(np.nonzero(np.isnan(pts))[0].tolist()))[:5]
         raise ValueError(f"points must not contain NaN (rows {rows}...): drop incomplete trials first.")
@@ -254,7 +244,7 @@ class Front:
     """
 
     study: str                           # the group's value of `group_by` (a study name or a strategy)
-    objectives: tuple[str, ...]          # keys of OBJECTIVES
+    objectives: tuple[str, ...]          # registered metric names (core.metrics)
     points: tuple[dict, ...]             # front rows
     hypervolume: float                   # in stored units (e.g. bytes x nats), w.r.t. reference_point
     reference_point: tuple[float, ...]
@@ -265,11 +255,11 @@ class Front:
 
     @property
     def directions(self) -> tuple[str, ...]:
-        return tuple(OBJECTIVES[o][1] for o in self.objectives)
+        return metrics.directions(self.objectives)
 
     @property
     def columns(self) -> tuple[str, ...]:
-        return tuple(OBJECTIVES[o][0] for o in self.objectives)
+        return metrics.columns(self.objectives)
 
     def values(self, which: str = "points") -> np.ndarray:
         """(n, d) array of the objectives of `points` (or of `dominated`), stored units and signs."""
@@ -289,11 +279,12 @@ def rows_as_dicts(rows: Any) -> list[dict]:
     return [dict(r) for r in rows]
 
 
-def check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
+def check_front_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
+    """The objectives of a front: at least two distinct registered metrics (ValueError otherwise)."""
     objectives = tuple(objectives)
-    unknown = [o for o in objectives if o not in OBJECTIVES]
+    unknown = [o for o in objectives if o not in metrics.BY_NAME]
     if unknown:
-        raise ValueError(f"unknown objectives {unknown}: choose from {sorted(OBJECTIVES)}.")
+        raise ValueError(f"unknown objectives {unknown}: choose from {sorted(metrics.NAMES)}.")
     if len(objectives) < 2 or len(set(objectives)) != len(objectives):
         raise ValueError(f"a front needs at least two distinct objectives, but got {list(objectives)}.")
     return objectives
@@ -327,11 +318,11 @@ def compute_fronts(
     count. `reference_point` (stored units, one per objective) overrides the default rule, which is applied to all
     usable rows of all groups together so that the fronts' hypervolumes are comparable.
     """
-    objectives = check_objectives(objectives)
+    objectives = check_front_objectives(objectives)
     if group_by not in GROUP_BY:
         raise ValueError(f"group_by must be one of {GROUP_BY}, but got {group_by!r}.")
-    columns = [OBJECTIVES[o][0] for o in objectives]
-    directions = [OBJECTIVES[o][1] for o in objectives]
+    columns = metrics.columns(objectives)
+    directions = metrics.directions(objectives)
 
     groups: dict[str, list[dict]] = {}
     skipped: dict[str, int] = {}
@@ -486,3 +477,7 @@ def prediction_check(rows: Sequence[Mapping]) -> dict | None:
             "worst": [{"trial_id": r["trial_id"], "phase": r.get("phase"), "predicted_kld": r["predicted_kld"],
                        "predicted_kld_se": r.get("predicted_kld_se"), "kld": r["kld"], "bpw": r.get("bpw")}
                       for r in worst]}
+
+
+__getattr__ = former_names(__name__, {"check_objectives": "cerebellum_ray.predict.fronts:check_front_objectives",
+                                      "_DIRECTIONS": "cerebellum_ray.core.metrics:DIRECTIONS"})

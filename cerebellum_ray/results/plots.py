@@ -1,5 +1,10 @@
 """Pictures of Pareto fronts: a PNG (matplotlib) and an offline HTML page (plotly). Only drawing happens here; every
-number comes from the `Front` records of pareto.py. Neither back end is imported until a plot is asked for.
+number comes from the `Front` records of predict/fronts.py, every label, unit and direction from the metric registry
+(core/metrics.py). Neither back end is imported until a plot is asked for.
+
+Both pictures show the first two objectives as x and y. A third objective is the markers' colour in the PNG (a
+colour bar) and a third axis in the HTML page; `colour` paints a two-objective plot by a metric that is not an
+objective (size as colour on a PPL-vs-code front).
 """
 
 from __future__ import annotations
@@ -7,19 +12,18 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..predict.fronts import OBJECTIVES, UNIT_SCALE, Front, check_objectives, order_front, rows_as_dicts
+from ..core import metrics
+from ..core.compat import former_names
+from ..predict.fronts import Front, check_front_objectives, order_front, rows_as_dicts
 
 __all__ = ["plot_html", "plot_png"]
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Drawing (matplotlib and plotly are imported only here)
-# ---------------------------------------------------------------------------------------------------------------
 
 _COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
             "#bcbd22"]
@@ -30,13 +34,17 @@ _MARKERS_PLOTLY_3D = ["circle", "square", "diamond", "cross", "x", "circle-open"
 _REFERENCE_COLOUR = "#222222"
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# What both back ends show
+# ---------------------------------------------------------------------------------------------------------------
+
 def _axis_label(name: str, log: bool = False, direction: bool = True) -> str:
-    _, better, label, unit = OBJECTIVES[name]
-    text = f"{label} ({unit})" if unit and unit != label else label
+    m = metrics.metric(name)
+    text = f"{m.label} ({m.unit})" if m.unit and m.unit != m.label else m.label
     text += ", log scale" if log else ""
     if not direction:
         return text
-    return text + (" — lower is better" if better == "min" else " — higher is better")
+    return text + (" — lower is better" if m.direction == "min" else " — higher is better")
 
 
 def _log_ticks(values: np.ndarray) -> list[float]:
@@ -50,10 +58,10 @@ def _log_ticks(values: np.ndarray) -> list[float]:
 
 
 def _display(rows: Sequence[Mapping], name: str) -> np.ndarray:
-    """Column `name` of rows in display units; missing values as NaN."""
-    column, _, _, unit = OBJECTIVES[name]
-    scale = UNIT_SCALE.get(unit, 1.0)
-    return np.array([np.nan if r.get(column) is None else float(r[column]) * scale for r in rows], dtype=float)
+    """Metric `name` of rows in display units; missing values as NaN."""
+    m = metrics.metric(name)
+    return np.array([np.nan if r.get(m.column) is None else float(r[m.column]) * m.display_scale for r in rows],
+                    dtype=float)
 
 
 def _legend_name(front: Front) -> str:
@@ -68,7 +76,7 @@ def _reference_name(row: Mapping) -> str:
 def _check_plot_args(fronts: Sequence[Front], objectives: Sequence[str] | None) -> tuple[str, ...]:
     if not fronts:
         raise ValueError("nothing to plot: fronts is empty.")
-    objectives = check_objectives(objectives if objectives is not None else fronts[0].objectives)
+    objectives = check_front_objectives(objectives if objectives is not None else fronts[0].objectives)
     for f in fronts:
         if f.objectives != objectives:
             raise ValueError(f"front {f.study!r} has objectives {f.objectives}, the plot asks for {objectives}.")
@@ -88,20 +96,21 @@ def _log_axes(names: Sequence[str], log_scale: Collection[str], rows: Sequence[M
 
 
 def _title(fronts: Sequence[Front], objectives: Sequence[str]) -> str:
-    text = f"Pareto fronts per {fronts[0].group_by}: {OBJECTIVES[objectives[0]][2]} / {OBJECTIVES[objectives[1]][2]}"
-    return text + (f" (colour: {OBJECTIVES[objectives[2]][2]})" if len(objectives) == 3 else "")
+    label = [metrics.metric(o).label for o in objectives]
+    text = f"Pareto fronts per {fronts[0].group_by}: {label[0]} / {label[1]}"
+    return text + (f" (colour: {label[2]})" if len(objectives) == 3 else "")
 
 
 def _split_off_scale(refs: list[dict], fronts: Sequence[Front], objectives: Sequence[str],
                      log_scale: Collection[str]) -> tuple[list[dict], list[str]]:
     """Reference rows that would stretch a log axis by more than 100x below every trial (e.g. the reference model
     itself, KLD ~0) are left off the plot and named in the caption instead."""
-    shown, off = [], []
+    off = []
     trials = [r for f in fronts for r in (*f.points, *f.dominated)]
     for o in objectives:
         if o not in log_scale:
             continue
-        col = OBJECTIVES[o][0]
+        col = metrics.metric(o).column
         values = [r[col] for r in trials if r.get(col) is not None and r[col] > 0]
         if not values:
             continue
@@ -118,7 +127,7 @@ def _hv_note(fronts: Sequence[Front], off_scale: Sequence[str] = ()) -> str:
     """One line saying what HV means, with the actual reference point in display units."""
     f = fronts[0]
     ref = ", ".join(
-        f"{v * UNIT_SCALE.get(OBJECTIVES[o][3], 1.0):.4g} {OBJECTIVES[o][3]}".strip()
+        f"{v * metrics.metric(o).display_scale:.4g} {metrics.metric(o).unit}".strip()
         for o, v in zip(f.objectives, f.reference_point)
     )
     skipped = sum(x.n_skipped for x in fronts)
@@ -142,7 +151,11 @@ def _write_atomically(path: str | os.PathLike, write) -> Path:
 def _step_order(front: Front, x_name: str, y_name: str) -> list[int]:
     """Front point indices along x from best to worst: drawn as a post-step, the line is the attainment boundary."""
     xy = np.c_[_display(front.points, x_name), _display(front.points, y_name)]
-    return [int(k) for k in order_front(xy, [OBJECTIVES[x_name][1], OBJECTIVES[y_name][1]])]
+    return [int(k) for k in order_front(xy, metrics.directions((x_name, y_name)))]
+
+
+def _in_step_order(front: Front, x_name: str, y_name: str) -> list[dict]:
+    return [front.points[k] for k in _step_order(front, x_name, y_name)]
 
 
 def _plot_inputs(fronts, reference_rows, objectives, log_scale):
@@ -151,6 +164,51 @@ def _plot_inputs(fronts, reference_rows, objectives, log_scale):
     refs, off_scale = _split_off_scale(rows_as_dicts(reference_rows or []), fronts, objectives, log_scale)
     shown = [r for f in fronts for r in (*f.points, *f.dominated)] + refs
     return objectives, refs, off_scale, shown
+
+
+@dataclass(frozen=True)
+class _ColourScale:
+    """Markers filled by a metric's value (display units) from `low` to `high` (None: no row shown has it)."""
+
+    metric: str
+    low: float | None
+    high: float | None
+
+    @property
+    def lower_is_better(self) -> bool:
+        return metrics.metric(self.metric).direction == "min"
+
+
+def _colour_scale(rows: Sequence[Mapping], name: str | None) -> _ColourScale | None:
+    if not name:
+        return None
+    values = _display(rows, name)
+    values = values[~np.isnan(values)]
+    if not values.size:
+        return _ColourScale(name, None, None)
+    return _ColourScale(name, float(values.min()), float(values.max()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PNG (matplotlib, Agg canvas, no pyplot state)
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _MplPaint:
+    """A colour scale as matplotlib takes it; one norm shared by every scatter and the colour bar."""
+
+    metric: str
+    norm: Any  # matplotlib.colors.Normalize
+    cmap: str
+
+
+def _mpl_paint(scale: _ColourScale | None) -> _MplPaint | None:
+    if scale is None:
+        return None
+    from matplotlib.colors import Normalize
+
+    norm = Normalize(vmin=scale.low, vmax=scale.high) if scale.low is not None else Normalize(0, 1)
+    return _MplPaint(scale.metric, norm, "viridis_r" if scale.lower_is_better else "viridis")  # bright = better
 
 
 def plot_png(
@@ -168,72 +226,86 @@ def plot_png(
 
     Two objectives: x = first, y = second; each front a coloured step line with its own marker, its dominated rows
     faint. Three: the same 2-D projection of the first two, the third as marker colour (colour bar); each front
-    keeps its marker and an edge in its colour. `colour` (a metric of pareto.OBJECTIVES, e.g. "bpw") colours the
-    markers of a two-objective plot the same way without being an objective (size shown as colour on a PPL-vs-code
-    front). Objectives in `log_scale` get a log axis when all values shown are positive. Written atomically; returns
-    the path.
+    keeps its marker and an edge in its colour. `colour` (a registered metric, e.g. "bpw") colours the markers of a
+    two-objective plot the same way without being an objective. Objectives in `log_scale` get a log axis when all
+    values shown are positive. Written atomically; returns the path.
     """
-    from matplotlib.figure import Figure  # Agg canvas, no pyplot state
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.figure import Figure
 
     objectives, refs, off_scale, shown = _plot_inputs(fronts, reference_rows, objectives, log_scale)
     x_name, y_name = objectives[0], objectives[1]
-    z_name = objectives[2] if len(objectives) == 3 else colour
-    two_d = len(objectives) == 2
     logs = _log_axes(objectives[:2], log_scale, shown)
+    paint = _mpl_paint(_colour_scale(shown, objectives[2] if len(objectives) == 3 else colour))
 
     fig = Figure(figsize=size_inches, dpi=dpi, layout="constrained")
     ax = fig.add_subplot()
-    norm = cmap = None
-    if z_name is not None:
-        from matplotlib.colors import Normalize
-
-        z_all = _display(shown, z_name)
-        z_all = z_all[~np.isnan(z_all)]
-        norm = Normalize(vmin=float(z_all.min()), vmax=float(z_all.max())) if z_all.size else Normalize(0, 1)
-        cmap = "viridis_r" if OBJECTIVES[z_name][1] == "min" else "viridis"  # bright = better either way
-
-    handles = []
-    for i, front in enumerate(fronts):
-        colour, marker = _COLOURS[i % len(_COLOURS)], _MARKERS_MPL[i % len(_MARKERS_MPL)]
-        dx, dy = _display(front.dominated, x_name), _display(front.dominated, y_name)
-        ax.scatter(dx, dy, s=14, marker=marker, color=colour, alpha=0.22, linewidths=0, zorder=1)
-        ordered = [front.points[k] for k in _step_order(front, x_name, y_name)]
-        x, y = _display(ordered, x_name), _display(ordered, y_name)
-        if two_d:
-            ax.step(x, y, where="post", color=colour, linewidth=1.6, alpha=0.9, zorder=2)
-        if z_name is None:
-            ax.scatter(x, y, s=40, marker=marker, color=colour, edgecolors="white", linewidths=0.6, zorder=3)
-            handles.append(Line2D([], [], color=colour, marker=marker, markeredgecolor="white",
-                                  label=_legend_name(front)))
-        else:
-            ax.scatter(x, y, c=_display(ordered, z_name), cmap=cmap, norm=norm,
-                       s=55, marker=marker, edgecolors=colour, linewidths=1.6, zorder=3)
-            # the fill is the colour-bar value, so the legend shows only the front's marker and edge colour
-            handles.append(Line2D([], [], linestyle="", marker=marker, markersize=8, markerfacecolor="white",
-                                  markeredgecolor=colour, markeredgewidth=1.6, label=_legend_name(front)))
-
+    handles = [_png_front(ax, front, i, x_name, y_name, paint, steps=len(objectives) == 2)
+               for i, front in enumerate(fronts)]
+    labels = []
     if refs:
-        rx, ry = _display(refs, x_name), _display(refs, y_name)
-        if z_name is None:
-            ax.scatter(rx, ry, s=110, marker="*", color=_REFERENCE_COLOUR, zorder=4)
-        else:
-            ax.scatter(rx, ry, c=_display(refs, z_name), cmap=cmap, norm=norm, s=150, marker="*",
-                       edgecolors=_REFERENCE_COLOUR, linewidths=1.0, zorder=4)
-        handles.append(Line2D([], [], linestyle="", marker="*", markersize=12, label="reference points",
-                              markerfacecolor=_REFERENCE_COLOUR if z_name is None else "white",
-                              markeredgecolor=_REFERENCE_COLOUR))
-        labels = [ax.annotate(_reference_name(r), (xv, yv), xytext=_LABEL_OFFSETS[0], textcoords="offset points",
-                              fontsize=9, color=_REFERENCE_COLOUR, zorder=5,
-                              bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
-                  for r, xv, yv in zip(refs, rx, ry) if not (np.isnan(xv) or np.isnan(yv))]
-
-    if z_name is not None:
+        handle, labels = _png_references(ax, refs, x_name, y_name, paint)
+        handles.append(handle)
+    if paint is not None:
         from matplotlib.cm import ScalarMappable
 
-        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax)
-        bar.set_label(_axis_label(z_name))
+        bar = fig.colorbar(ScalarMappable(norm=paint.norm, cmap=paint.cmap), ax=ax)
+        bar.set_label(_axis_label(paint.metric))
+    _png_axes(ax, x_name, y_name, logs)
+    ax.legend(handles=handles, loc="best", fontsize=9, title_fontsize=9,
+              title=f"front per {fronts[0].group_by}: points on front of all, HV (faint: dominated trials)")
+    ax.set_title(title or _title(fronts, objectives))
+    fig.text(0.005, 0.002, _hv_note(fronts, off_scale), fontsize=7, color="#555555", ha="left", va="bottom", wrap=True)
+    fig.get_layout_engine().set(h_pad=0.2, rect=(0, 0.05, 1, 0.95))  # the bottom strip holds the note
+    if refs:
+        _spread_labels(fig, ax, labels)
+    return _write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def _png_front(ax, front: Front, i: int, x_name: str, y_name: str, paint: _MplPaint | None, steps: bool):
+    """One front: its dominated rows faint, its points (a step line when `steps`), filled by `paint` or in the
+    front's colour; returns its legend handle."""
+    from matplotlib.lines import Line2D
+
+    front_colour, marker = _COLOURS[i % len(_COLOURS)], _MARKERS_MPL[i % len(_MARKERS_MPL)]
+    dx, dy = _display(front.dominated, x_name), _display(front.dominated, y_name)
+    ax.scatter(dx, dy, s=14, marker=marker, color=front_colour, alpha=0.22, linewidths=0, zorder=1)
+    ordered = _in_step_order(front, x_name, y_name)
+    x, y = _display(ordered, x_name), _display(ordered, y_name)
+    if steps:
+        ax.step(x, y, where="post", color=front_colour, linewidth=1.6, alpha=0.9, zorder=2)
+    if paint is None:
+        ax.scatter(x, y, s=40, marker=marker, color=front_colour, edgecolors="white", linewidths=0.6, zorder=3)
+        return Line2D([], [], color=front_colour, marker=marker, markeredgecolor="white", label=_legend_name(front))
+    ax.scatter(x, y, c=_display(ordered, paint.metric), cmap=paint.cmap, norm=paint.norm,
+               s=55, marker=marker, edgecolors=front_colour, linewidths=1.6, zorder=3)
+    # the fill is the colour-bar value, so the legend shows only the front's marker and edge colour
+    return Line2D([], [], linestyle="", marker=marker, markersize=8, markerfacecolor="white",
+                  markeredgecolor=front_colour, markeredgewidth=1.6, label=_legend_name(front))
+
+
+def _png_references(ax, refs: Sequence[Mapping], x_name: str, y_name: str, paint: _MplPaint | None):
+    """Reference rows as labelled stars; returns (legend handle, the labels to spread apart)."""
+    from matplotlib.lines import Line2D
+
+    rx, ry = _display(refs, x_name), _display(refs, y_name)
+    if paint is None:
+        ax.scatter(rx, ry, s=110, marker="*", color=_REFERENCE_COLOUR, zorder=4)
+    else:
+        ax.scatter(rx, ry, c=_display(refs, paint.metric), cmap=paint.cmap, norm=paint.norm, s=150, marker="*",
+                   edgecolors=_REFERENCE_COLOUR, linewidths=1.0, zorder=4)
+    handle = Line2D([], [], linestyle="", marker="*", markersize=12, label="reference points",
+                    markerfacecolor=_REFERENCE_COLOUR if paint is None else "white",
+                    markeredgecolor=_REFERENCE_COLOUR)
+    labels = [ax.annotate(_reference_name(r), (xv, yv), xytext=_LABEL_OFFSETS[0], textcoords="offset points",
+                          fontsize=9, color=_REFERENCE_COLOUR, zorder=5,
+                          bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
+              for r, xv, yv in zip(refs, rx, ry) if not (np.isnan(xv) or np.isnan(yv))]
+    return handle, labels
+
+
+def _png_axes(ax, x_name: str, y_name: str, logs: Mapping[str, bool]) -> None:
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     ax.set_xscale("log" if logs[x_name] else "linear")
     ax.set_yscale("log" if logs[y_name] else "linear")
     for axis, name in ((ax.xaxis, x_name), (ax.yaxis, y_name)):
@@ -245,14 +317,6 @@ def plot_png(
     ax.set_xlabel(_axis_label(x_name, logs[x_name]))
     ax.set_ylabel(_axis_label(y_name, logs[y_name]))
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(handles=handles, loc="best", fontsize=9, title_fontsize=9,
-              title=f"front per {fronts[0].group_by}: points on front of all, HV (faint: dominated trials)")
-    ax.set_title(title or _title(fronts, objectives))
-    fig.text(0.005, 0.002, _hv_note(fronts, off_scale), fontsize=7, color="#555555", ha="left", va="bottom", wrap=True)
-    fig.get_layout_engine().set(h_pad=0.2, rect=(0, 0.05, 1, 0.95))  # the bottom strip holds the note
-    if refs:
-        _spread_labels(fig, ax, labels)
-    return _write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 # where a reference point's name may go, in points from the star: right-above first, then around it
@@ -274,6 +338,11 @@ def _spread_labels(fig, ax, labels) -> None:
         placed.append(label.get_window_extent())
 
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# HTML (plotly, self-contained)
+# ---------------------------------------------------------------------------------------------------------------
+
 def plot_html(
     fronts: Sequence[Front],
     reference_rows: Any,
@@ -294,96 +363,18 @@ def plot_html(
     objectives, refs, off_scale, shown = _plot_inputs(fronts, reference_rows, objectives, log_scale)
     logs = _log_axes(objectives, log_scale, shown)
     three_d = len(objectives) == 3
-    metric_colour = colour if not three_d else None
-    c_range = {}
-    if metric_colour:
-        values = _display(shown, metric_colour)
-        values = values[~np.isnan(values)]
-        if values.size:
-            c_range = {"cmin": float(values.min()), "cmax": float(values.max())}
-
-    def hover(rows: Sequence[Mapping]) -> list[str]:
-        out = []
-        for r in rows:
-            parts = [f"<b>{r.get('label') or r.get('trial_id')}</b>", f"{r.get('study')} / {r.get('strategy')}"]
-            for o in (*objectives, *([metric_colour] if metric_colour and metric_colour not in objectives else [])):
-                v = _display([r], o)[0]
-                parts.append(f"{OBJECTIVES[o][2]}: {'n/a' if np.isnan(v) else f'{v:.5g}'} {OBJECTIVES[o][3]}")
-            out.append("<br>".join(parts))
-        return out
-
-    def coords(rows: Sequence[Mapping]) -> dict:
-        keys = ("x", "y", "z") if three_d else ("x", "y")
-        return {k: _display(rows, o) for k, o in zip(keys, objectives)}
-
     fig = go.Figure()
-    for i, front in enumerate(fronts):
-        colour = _COLOURS[i % len(_COLOURS)]
-        name = _legend_name(front)
-        if three_d:
-            marker = _MARKERS_PLOTLY_3D[i % len(_MARKERS_PLOTLY_3D)]
-            fig.add_trace(go.Scatter3d(
-                **coords(front.dominated), mode="markers", name=f"{front.study}: dominated", legendgroup=name,
-                marker={"size": 2.5, "color": colour, "opacity": 0.2, "symbol": marker},
-                hovertext=hover(front.dominated), hoverinfo="text"))
-            fig.add_trace(go.Scatter3d(
-                **coords(front.points), mode="markers", name=name, legendgroup=name,
-                marker={"size": 5, "color": colour, "symbol": marker, "line": {"color": "white", "width": 0.5}},
-                hovertext=hover(front.points), hoverinfo="text"))
-        else:
-            marker = _MARKERS_PLOTLY[i % len(_MARKERS_PLOTLY)]
-            fig.add_trace(go.Scatter(
-                **coords(front.dominated), mode="markers", name=f"{front.study}: dominated", legendgroup=name,
-                showlegend=False, marker={"size": 6, "color": colour, "opacity": 0.2, "symbol": marker},
-                hovertext=hover(front.dominated), hoverinfo="text"))
-            ordered = [front.points[k] for k in _step_order(front, objectives[0], objectives[1])]
-            fill = ({"color": _display(ordered, metric_colour), **c_range, "colorscale": "Viridis", "showscale": i == 0,
-                     "reversescale": OBJECTIVES[metric_colour][1] == "min",
-                     "colorbar": {"title": {"text": _axis_label(metric_colour, direction=False)}}}
-                    if metric_colour else {"color": colour})
-            fig.add_trace(go.Scatter(
-                **coords(ordered), mode="lines+markers", line={"shape": "hv", "color": colour, "width": 2},
-                name=name, legendgroup=name,
-                marker={"size": 9, **fill, "symbol": marker, "line": {"color": colour if metric_colour else "white",
-                                                                        "width": 1.5 if metric_colour else 1}},
-                hovertext=hover(ordered), hoverinfo="text"))
-    annotations = []
-    if refs:
-        names = [_reference_name(r) for r in refs]
-        if three_d:
-            fig.add_trace(go.Scatter3d(
-                **coords(refs), mode="markers+text", name="reference points", text=names,
-                textposition="top center", textfont={"size": 12, "color": _REFERENCE_COLOUR},
-                marker={"size": 6, "color": _REFERENCE_COLOUR, "symbol": "diamond"},
-                hovertext=hover(refs), hoverinfo="text"))
-        else:
-            fig.add_trace(go.Scatter(
-                **coords(refs), mode="markers", name="reference points",
-                marker={"size": 14, "color": _REFERENCE_COLOUR, "symbol": "star"},
-                hovertext=hover(refs), hoverinfo="text"))
-            # annotations rather than trace text: they get a background, so lines behind them stay readable
-            xs, ys = coords(refs)["x"], coords(refs)["y"]
-            for name, xv, yv in zip(names, xs, ys):
-                if np.isnan(xv) or np.isnan(yv):
-                    continue
-                annotations.append({
-                    "x": math.log10(xv) if logs[objectives[0]] else xv,
-                    "y": math.log10(yv) if logs[objectives[1]] else yv,
-                    "text": name, "showarrow": False, "xanchor": "left", "yanchor": "bottom", "xshift": 6,
-                    "yshift": 4, "bgcolor": "rgba(255,255,255,0.75)", "font": {"size": 12, "color": _REFERENCE_COLOUR},
-                })
-
-    axes = {}
-    for o in objectives:
-        axes[o] = {"title": {"text": _axis_label(o, logs[o], direction=not three_d)},
-                   "type": "log" if logs[o] else "linear"}
-        if logs[o]:
-            ticks = _log_ticks(_display(shown, o))
-            axes[o].update(tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
+    if three_d:
+        _html_traces_3d(fig, fronts, refs, objectives)
+        annotations = []
+    else:
+        annotations = _html_traces_2d(fig, fronts, refs, objectives, logs, _colour_scale(shown, colour))
+    axes = {o: _html_axis(o, logs[o], shown, direction=not three_d) for o in objectives}
     note = _hv_note(fronts, off_scale)
     if three_d:
         note += "<br>" + "; ".join(
-            f"{OBJECTIVES[o][2]}: {'lower' if OBJECTIVES[o][1] == 'min' else 'higher'} is better" for o in objectives)
+            f"{metrics.metric(o).label}: {'lower' if metrics.metric(o).direction == 'min' else 'higher'} is better"
+            for o in objectives)
     fig.update_layout(
         title={"text": title or _title(fronts, objectives)},
         template="plotly_white",
@@ -408,3 +399,110 @@ def plot_html(
 
     return _write_atomically(path, write)
 
+
+def _hover(rows: Sequence[Mapping], names: Sequence[str]) -> list[str]:
+    """Hover text per row: its label, study and strategy, and the metrics `names` in display units."""
+    out = []
+    for r in rows:
+        parts = [f"<b>{r.get('label') or r.get('trial_id')}</b>", f"{r.get('study')} / {r.get('strategy')}"]
+        for o in names:
+            v = _display([r], o)[0]
+            m = metrics.metric(o)
+            parts.append(f"{m.label}: {'n/a' if np.isnan(v) else f'{v:.5g}'} {m.unit}")
+        out.append("<br>".join(parts))
+    return out
+
+
+def _coords(rows: Sequence[Mapping], objectives: Sequence[str]) -> dict:
+    return {k: _display(rows, o) for k, o in zip(("x", "y", "z"), objectives)}
+
+
+def _html_axis(name: str, log: bool, shown: Sequence[Mapping], direction: bool) -> dict:
+    axis = {"title": {"text": _axis_label(name, log, direction=direction)}, "type": "log" if log else "linear"}
+    if log:
+        ticks = _log_ticks(_display(shown, name))
+        axis.update(tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
+    return axis
+
+
+def _html_traces_2d(fig, fronts: Sequence[Front], refs: Sequence[Mapping], objectives: Sequence[str],
+                    logs: Mapping[str, bool], scale: _ColourScale | None) -> list[dict]:
+    """Each front as a step line (markers filled by `scale`, or in its colour) over its faint dominated rows, the
+    reference points as stars; returns the reference points' labels (annotations)."""
+    import plotly.graph_objects as go
+
+    names = (*objectives, *([scale.metric] if scale and scale.metric not in objectives else []))
+    for i, front in enumerate(fronts):
+        front_colour = _COLOURS[i % len(_COLOURS)]
+        name = _legend_name(front)
+        marker = _MARKERS_PLOTLY[i % len(_MARKERS_PLOTLY)]
+        fig.add_trace(go.Scatter(
+            **_coords(front.dominated, objectives), mode="markers", name=f"{front.study}: dominated",
+            legendgroup=name, showlegend=False,
+            marker={"size": 6, "color": front_colour, "opacity": 0.2, "symbol": marker},
+            hovertext=_hover(front.dominated, names), hoverinfo="text"))
+        ordered = _in_step_order(front, objectives[0], objectives[1])
+        fill = _html_fill(scale, ordered, first=i == 0) if scale else {"color": front_colour}
+        fig.add_trace(go.Scatter(
+            **_coords(ordered, objectives), mode="lines+markers",
+            line={"shape": "hv", "color": front_colour, "width": 2}, name=name, legendgroup=name,
+            marker={"size": 9, **fill, "symbol": marker, "line": {"color": front_colour if scale else "white",
+                                                                    "width": 1.5 if scale else 1}},
+            hovertext=_hover(ordered, names), hoverinfo="text"))
+    if not refs:
+        return []
+    fig.add_trace(go.Scatter(
+        **_coords(refs, objectives), mode="markers", name="reference points",
+        marker={"size": 14, "color": _REFERENCE_COLOUR, "symbol": "star"},
+        hovertext=_hover(refs, names), hoverinfo="text"))
+    # annotations rather than trace text: they get a background, so lines behind them stay readable
+    annotations = []
+    xy = _coords(refs, objectives)
+    for label, xv, yv in zip((_reference_name(r) for r in refs), xy["x"], xy["y"]):
+        if np.isnan(xv) or np.isnan(yv):
+            continue
+        annotations.append({
+            "x": math.log10(xv) if logs[objectives[0]] else xv,
+            "y": math.log10(yv) if logs[objectives[1]] else yv,
+            "text": label, "showarrow": False, "xanchor": "left", "yanchor": "bottom", "xshift": 6,
+            "yshift": 4, "bgcolor": "rgba(255,255,255,0.75)", "font": {"size": 12, "color": _REFERENCE_COLOUR},
+        })
+    return annotations
+
+
+def _html_fill(scale: _ColourScale, rows: Sequence[Mapping], first: bool) -> dict:
+    """Marker fill by the colour metric; the first front's trace carries the colour bar."""
+    span = {} if scale.low is None else {"cmin": scale.low, "cmax": scale.high}
+    return {"color": _display(rows, scale.metric), **span, "colorscale": "Viridis", "showscale": first,
+            "reversescale": scale.lower_is_better,
+            "colorbar": {"title": {"text": _axis_label(scale.metric, direction=False)}}}
+
+
+def _html_traces_3d(fig, fronts: Sequence[Front], refs: Sequence[Mapping], objectives: Sequence[str]) -> None:
+    """Each front's points solid over its faint dominated rows, the reference points labelled, in 3-D."""
+    import plotly.graph_objects as go
+
+    for i, front in enumerate(fronts):
+        front_colour = _COLOURS[i % len(_COLOURS)]
+        name = _legend_name(front)
+        marker = _MARKERS_PLOTLY_3D[i % len(_MARKERS_PLOTLY_3D)]
+        fig.add_trace(go.Scatter3d(
+            **_coords(front.dominated, objectives), mode="markers", name=f"{front.study}: dominated",
+            legendgroup=name, marker={"size": 2.5, "color": front_colour, "opacity": 0.2, "symbol": marker},
+            hovertext=_hover(front.dominated, objectives), hoverinfo="text"))
+        fig.add_trace(go.Scatter3d(
+            **_coords(front.points, objectives), mode="markers", name=name, legendgroup=name,
+            marker={"size": 5, "color": front_colour, "symbol": marker, "line": {"color": "white", "width": 0.5}},
+            hovertext=_hover(front.points, objectives), hoverinfo="text"))
+    if refs:
+        fig.add_trace(go.Scatter3d(
+            **_coords(refs, objectives), mode="markers+text", name="reference points",
+            text=[_reference_name(r) for r in refs], textposition="top center",
+            textfont={"size": 12, "color": _REFERENCE_COLOUR},
+            marker={"size": 6, "color": _REFERENCE_COLOUR, "symbol": "diamond"},
+            hovertext=_hover(refs, objectives), hoverinfo="text"))
+
+
+__getattr__ = former_names(__name__, {
+    "OBJECTIVES": "cerebellum_ray.predict.fronts:OBJECTIVES", "UNIT_SCALE": "cerebellum_ray.core.metrics:UNIT_SCALE",
+    "check_objectives": "cerebellum_ray.predict.fronts:check_front_objectives"})
