@@ -148,7 +148,7 @@ def sample_rows(t: TensorInfo, max_rows: int = DEFAULT_MAX_ROWS) -> np.ndarray |
 def _read_floats(fd: int, t: TensorInfo, rows: np.ndarray | None) -> np.ndarray:
     """The rows (all, or `rows`) as float32 [n, n_per_row], converted by ggml as the builder converts them."""
     from ..native import ggml as _ggml
-    from ..quant.build import pread
+    from ..core.fileio import pread
 
     src = ggml_type(t.type)
     row_bytes = src.row_bytes(t.n_per_row)

@@ -12,12 +12,12 @@ whole.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,6 +28,8 @@ from gguf import GGUFValueType
 from .. import QUANTIZER_VERSION, __version__
 from ..formats import gguf_io
 from ..core.atomic import atomic_group, atomic_path, check_destination, refuse_inputs
+from ..core.compat import former_names
+from ..core.fileio import copy_range, pread, pwrite_all
 from ..formats.catalog import ModelCatalog, TensorInfo, load_catalog
 from ..core.digests import vector_digest
 from ..core.errors import CerebellumError
@@ -224,18 +226,6 @@ def predicted_file_size(source: str | os.PathLike, pmap: PrecisionMap, imatrix=N
 # ---- reading and hashing the source -------------------------------------------------------------------------------
 
 
-def pread(fd: int, offset: int, n: int) -> np.ndarray:
-    buf = np.empty(n, dtype=np.uint8)
-    view = memoryview(buf)
-    done = 0
-    while done < n:
-        got = os.preadv(fd, [view[done:]], offset + done)
-        if got <= 0:
-            raise gguf_io.GGUFError(f"unexpected end of file at offset {offset + done}")
-        done += got
-    return buf
-
-
 def _tensor_digest(fd: int, t: TensorInfo) -> str:
     h = xxhash.xxh3_128()  # tensor_cache.DIGEST_ALGORITHM
     step = 1 << 24
@@ -284,7 +274,44 @@ def _source_digest(kv_raw: Sequence[bytes], digests: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-# ---- the build ---------------------------------------------------------------------------------------------------
+# ---- the build: one file, a split model, or given paths ----------------------------------------------------------
+
+
+def build_file(source: str | os.PathLike, pmap: PrecisionMap, out: str | os.PathLike, *, imatrix=None,
+               cache: TensorCache | None = None, n_threads: int | None = None,
+               inputs: dict[str, str | os.PathLike | None] | None = None, sync: bool = True,
+               page_aligned: bool = False) -> BuildReport:
+    """Write the quantized GGUF `out` for `pmap`; OUT appears complete or not at all, and is never the source (nor
+    any of `inputs`, {what: path}, e.g. the imatrix or map file). `sync=False` skips the flush to disk before the
+    rename (scratch outputs: a trial's GGUF lives only while it is scored). `page_aligned`: tensor data on
+    4096-byte boundaries (scratch builds; see PAGE_ALIGNMENT)."""
+    return _build(source, pmap, _Output(lambda plan: [Path(out)], _published_file, None), imatrix=imatrix,
+                  cache=cache, n_threads=n_threads, inputs=inputs, sync=sync, page_aligned=page_aligned)
+
+
+def build_split(source: str | os.PathLike, pmap: PrecisionMap, out: str | os.PathLike, split_max_bytes: int, *,
+                imatrix=None, cache: TensorCache | None = None, n_threads: int | None = None,
+                inputs: dict[str, str | os.PathLike | None] | None = None, sync: bool = True,
+                page_aligned: bool = False) -> BuildReport:
+    """A split model, as llama-gguf-split --split-max-size would cut it, written to `output_paths(...)`
+    (OUT-00001-of-0000N.gguf, ...), all parts published together or none (otherwise as `build_file`)."""
+    def targets(plan: _Plan) -> list[Path]:
+        return gguf_io.split_output_paths(out, len(gguf_io.split_ranges(_slots(plan), split_max_bytes)))
+
+    return _build(source, pmap, _Output(targets, _published_group, split_max_bytes), imatrix=imatrix, cache=cache,
+                  n_threads=n_threads, inputs=inputs, sync=sync, page_aligned=page_aligned)
+
+
+def build_into(source: str | os.PathLike, pmap: PrecisionMap, paths: Sequence[str | os.PathLike],
+               split_max_bytes: int | None = None, *, imatrix=None, cache: TensorCache | None = None,
+               n_threads: int | None = None, inputs: dict[str, str | os.PathLike | None] | None = None,
+               sync: bool = True, page_aligned: bool = False) -> BuildReport:
+    """Write the build's files (one, or the parts of a split at `split_max_bytes`) to `paths` as they are, with no
+    publishing of their own: for a caller that commits them with other outputs in one atomic.atomic_group. They
+    must be as many as output_paths names."""
+    targets = [Path(p) for p in paths]
+    return _build(source, pmap, _Output(lambda plan: targets, _written_in_place, split_max_bytes), imatrix=imatrix,
+                  cache=cache, n_threads=n_threads, inputs=inputs, sync=sync, page_aligned=page_aligned)
 
 
 def build(
@@ -300,25 +327,49 @@ def build(
     part_paths: Sequence[str | os.PathLike] | None = None,
     page_aligned: bool = False,
 ) -> BuildReport:
-    """Write the quantized GGUF `out` for `pmap`; OUT appears complete or not at all, and is never the source (nor
-    any of `inputs`, {what: path}, e.g. the imatrix or map file). `sync=False` skips the flush to disk before the
-    rename (scratch outputs: a trial's GGUF lives only while it is scored).
+    """One entry for the three outputs: `build_into(part_paths)` when paths are given (`out` is then only a name),
+    else `build_split` with `split_max_bytes`, else `build_file`."""
+    common = {"imatrix": imatrix, "cache": cache, "n_threads": n_threads, "inputs": inputs, "sync": sync,
+              "page_aligned": page_aligned}
+    if part_paths is not None:
+        return build_into(source, pmap, part_paths, split_max_bytes, **common)
+    if split_max_bytes is not None:
+        return build_split(source, pmap, out, split_max_bytes, **common)
+    return build_file(source, pmap, out, **common)
 
-    `split_max_bytes`: write a split model instead, as llama-gguf-split --split-max-size would cut it, to
-    `output_paths(...)` (OUT-00001-of-0000N.gguf, ...), all parts published together. `part_paths`: write the files
-    to these paths as they are, with no publishing of their own (a caller that commits them with other outputs in one
-    atomic.atomic_group; they must be as many as output_paths names; `out` is then only a name). `page_aligned`:
-    tensor data on 4096-byte boundaries (scratch builds; see PAGE_ALIGNMENT)."""
+
+@dataclass(frozen=True)
+class _Output:
+    """Where a build writes: its target paths (known once the plan is), how the files are published (a context
+    manager: targets, inputs -> the paths to write), and the split size (None: one file)."""
+
+    targets: Callable[[_Plan], list[Path]]
+    publish: Callable[[Sequence[Path], dict], AbstractContextManager[Sequence[Path]]]
+    split_max_bytes: int | None
+
+
+@contextmanager
+def _published_file(targets: Sequence[Path], inputs: dict) -> Iterator[Sequence[Path]]:
+    with atomic_path(targets[0], inputs=inputs) as tmp:
+        yield [tmp]
+
+
+def _published_group(targets: Sequence[Path], inputs: dict) -> AbstractContextManager[Sequence[Path]]:
+    return atomic_group(targets, inputs=inputs)
+
+
+def _written_in_place(targets: Sequence[Path], inputs: dict) -> AbstractContextManager[Sequence[Path]]:
+    return nullcontext(targets)
+
+
+def _build(source: str | os.PathLike, pmap: PrecisionMap, output: _Output, *, imatrix, cache: TensorCache | None,
+           n_threads: int | None, inputs: dict | None, sync: bool, page_aligned: bool) -> BuildReport:
+    """Plan, refuse bad destinations, digest the source, lay out the parts, write them through `output.publish`."""
     started = time.perf_counter()
     n_threads = n_threads or os.cpu_count() or 1
     inputs = {"source model": source, **(inputs or {})}
     plan = plan_build(source, pmap, imatrix, page_aligned)
-    if part_paths is not None:
-        targets = [Path(p) for p in part_paths]
-    elif split_max_bytes is None:
-        targets = [Path(out)]
-    else:
-        targets = gguf_io.split_output_paths(out, len(gguf_io.split_ranges(_slots(plan), split_max_bytes)))
+    targets = output.targets(plan)
     inputs.update({f"part {i + 1} of the source model": part for i, part in enumerate(plan.catalog.parts[1:], 1)})
     for target in targets:
         check_destination(target)
@@ -327,19 +378,13 @@ def build(
     try:
         digests = source_digests(fds, plan, cache, n_threads)
         provenance = Provenance(_source_digest(plan.kv_raw, digests), plan.imatrix_digest, pmap.digest, pmap.base)
-        parts = _part_layouts(plan, provenance, split_max_bytes)
+        parts = _part_layouts(plan, provenance, output.split_max_bytes)
         export_size = (parts[0].layout.file_size if len(parts) == 1 and plan.alignment == gguf_io.DEFAULT_ALIGNMENT
                        else _layout(replace(plan, alignment=gguf_io.DEFAULT_ALIGNMENT), provenance).file_size)
-        if part_paths is not None:
-            if len(targets) != len(parts):
-                raise BuildError(f"{len(targets)} paths given for an output of {len(parts)} files")
-            actions = _write_parts(plan, parts, targets, fds, digests, cache, n_threads, sync)
-        elif len(targets) == 1:
-            with atomic_path(targets[0], inputs=inputs) as tmp:
-                actions = _write_parts(plan, parts, [tmp], fds, digests, cache, n_threads, sync)
-        else:
-            with atomic_group(targets, inputs=inputs) as temps:
-                actions = _write_parts(plan, parts, temps, fds, digests, cache, n_threads, sync)
+        if len(targets) != len(parts):
+            raise BuildError(f"{len(targets)} paths given for an output of {len(parts)} files")
+        with output.publish(targets, inputs) as paths:
+            actions = _write_parts(plan, parts, paths, fds, digests, cache, n_threads, sync)
     finally:
         for fd in fds:
             os.close(fd)
@@ -365,7 +410,7 @@ def _write_parts(plan: _Plan, parts: Sequence[gguf_io.PartLayout], paths: Sequen
         out_fd = os.open(path, os.O_WRONLY)
         try:
             os.ftruncate(out_fd, layout.file_size)
-            _pwrite(out_fd, layout.header, 0)
+            pwrite_all(out_fd, layout.header, 0)
             for i, slot, offset in zip(part.tensors, layout.slots, layout.offsets):
                 t, job = plan.catalog.tensors[i], plan.jobs[i]
                 t0 = time.perf_counter()
@@ -402,37 +447,17 @@ def _write_tensor(out_fd: int, at: int, fd: int, t: TensorInfo, job: QuantJob, v
     data = quantize_tensor(
         job, lambda first, n: pread(fd, t.data_offset + first * row_bytes, n * row_bytes), vec, n_threads
     )
-    _pwrite(out_fd, memoryview(data).cast("B"), at)
+    pwrite_all(out_fd, memoryview(data).cast("B"), at)
     if cache is not None:
         cache.put(key, data)
     return "quantized"
 
 
-def _pwrite(fd: int, data, offset: int) -> None:
-    view = memoryview(data)
-    while view.nbytes:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
+__all__ = ["BuildError", "BuildReport", "PAGE_ALIGNMENT", "PROVENANCE_PREFIX", "Provenance", "TensorAction", "build",
+           "build_file", "build_into", "build_split", "check_imatrix_fits", "imatrix_vectors", "output_paths",
+           "plan_build", "predicted_file_size", "source_digests", "tensor_digests"]
 
-
-_COPY_FALLBACK = {errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
-
-
-def copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, n: int) -> None:
-    """Copy n bytes between files inside the kernel (os.copy_file_range: no trip through user space, and a reflink
-    on filesystems that share blocks, such as XFS and btrfs, when both ranges are block-aligned); falls back to
-    pread/pwrite where the kernel cannot."""
-    done = 0
-    try:
-        while done < n:
-            got = os.copy_file_range(src_fd, dst_fd, n - done, src_offset + done, dst_offset + done)
-            if got <= 0:
-                raise BuildError(f"unexpected end of file at offset {src_offset + done} while copying")
-            done += got
-        return
-    except OSError as exc:
-        if exc.errno not in _COPY_FALLBACK:
-            raise
-    step = 1 << 24
-    for off in range(done, n, step):
-        _pwrite(dst_fd, pread(src_fd, src_offset + off, min(step, n - off)), dst_offset + off)
+# The file I/O helpers lived here before core/fileio.py (pread and copy_range are imported above, so
+# cerebellum_ray.build.pread still resolves).
+__getattr__ = former_names(__name__, {"_pwrite": "cerebellum_ray.core.fileio:pwrite_all",
+                                      "_COPY_FALLBACK": "cerebellum_ray.core.fileio:_COPY_FALLBACK"})

@@ -18,9 +18,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..core.compat import former_names
 from ..core.errors import CerebellumError
 from ..core import store
-from ..quant.build import build, output_paths
+from ..quant.build import build_into, output_paths
 from ..formats.catalog import layer_ranges, load_catalog
 from ..core.atomic import atomic_group, refuse_store_files
 from ..formats.precision_map import PrecisionMap, by_group, not_expressible, to_tensor_type_lines
@@ -105,8 +106,7 @@ def export(store_dir: str, source: str, out: str, studies: list[str] | None = No
     cache = TensorCache(cache_dir) if cache_dir else None
     with atomic_group(outputs, inputs={"source model": source, "imatrix": imatrix_path}) as temps:
         *gguf_temps, recipe, card = temps
-        report = build(source, pmap, ggufs[0], imatrix=imatrix, cache=cache, split_max_bytes=split_max_bytes,
-                       part_paths=gguf_temps)
+        report = build_into(source, pmap, gguf_temps, split_max_bytes, imatrix=imatrix, cache=cache)
         recipe.write_text(recipe_text(pmap, catalog, stem.name))
         card.write_text(json.dumps(_card(row, catalog, pmap, report, ggufs, source), indent=1, default=str) + "\n")
     return {"out": str(ggufs[0]), "parts": [str(p) for p in ggufs], "recipe": str(outputs[-2]),
@@ -147,3 +147,8 @@ def _group_table(catalog, pmap: PrecisionMap) -> list[dict[str, Any]]:
     counts = by_group(catalog, pmap)
     assert sum(sum(c.values()) for c in counts.values()) == len(catalog.tensors)
     return out
+
+
+__all__ = ["ExportError", "METRIC_COLUMNS", "export", "pick_row", "recipe_text"]
+
+__getattr__ = former_names(__name__, {"build": "cerebellum_ray.quant.build:build"})

@@ -350,7 +350,7 @@ def _require_finite(name: str, type_name: str, data, n_per_row: int) -> None:
 
 def _write(plan: SurgeryPlan, fds: list[int], tmp: Path, n_threads: int | None) -> None:
     from ..formats import gguf_io
-    from ..quant.build import pread  # pread per range into a numpy buffer: the builder's reader
+    from ..core.fileio import pread  # pread per range into a numpy buffer: the builder's reader
     from ..formats.ggml_types import ggml_type
     from ..quant.quantize import quantize_tensor
 
@@ -382,3 +382,9 @@ def _write(plan: SurgeryPlan, fds: list[int], tmp: Path, n_threads: int | None) 
             raise AssertionError(f"wrote {f.tell()} bytes, layout says {layout.file_size}")
         f.flush()
         os.fsync(f.fileno())
+
+
+__all__ = [
+    "CHECK_CTX", "CHECK_TEXT", "SurgeryError", "SurgeryPlan", "SurgeryReport", "TensorChange", "check_runs",
+    "plan_surgery", "surgery"
+]

@@ -146,7 +146,7 @@ def _mc(model: str | os.PathLike, files: Sequence[str], n_gpu_layers: int | None
 def verify(opts: VerifyOptions, progress=None) -> list[dict[str, Any]]:
     """Score every member with the expensive metrics and store the values with its row; returns the updated rows."""
     from ..core import store
-    from ..quant.build import build
+    from ..quant.build import build_file
     from ..formats.catalog import load_catalog
     from ..formats.imatrix import load_imatrix
     from ..formats.precision_map import PrecisionMap
@@ -179,7 +179,7 @@ def verify(opts: VerifyOptions, progress=None) -> list[dict[str, Any]]:
                             base=f"trial:{row['trial_id']}")
         out = work / f"verify-{pmap.digest[:16]}-{os.getpid()}.gguf"
         try:
-            build(opts.source, pmap, out, imatrix=imatrix, cache=cache, sync=False, page_aligned=True)
+            build_file(opts.source, pmap, out, imatrix=imatrix, cache=cache, sync=False, page_aligned=True)
             values: dict[str, Any] = {}
             if "humaneval" in opts.metrics:
                 he = _humaneval(out, opts.limit, opts.max_new_tokens, opts.n_gpu_layers)
