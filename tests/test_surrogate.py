@@ -210,16 +210,16 @@ def test_observations_from_store_rows():
     ]
     obs, skipped = observations_from_rows(table, rows, eval_hash="e")
     assert skipped == 4
-    assert obs[0].levels == table.levels_of_point(point) and obs[0].kld_se == 0.01
-    assert obs[1].levels == table.levels_of_point({"a0": 2}) and obs[1].kld_se is None and obs[1].label == "step"
+    assert obs[0].levels == table.levels_of_point(point) and obs[0].se == 0.01
+    assert obs[1].levels == table.levels_of_point({"a0": 2}) and obs[1].se is None and obs[1].label == "step"
     rows[0].update(ppl=20.0, ppl_se=0.5)
     rows[1].update(ppl=-1.0)  # not a perplexity: skipped
     nll, skipped = observations_from_rows(table, rows, eval_hash="e", metric="nll")
     assert len(nll) == 1 and skipped == 5
-    assert nll[0].kld == pytest.approx(math.log(20.0)) and nll[0].kld_se == pytest.approx(0.5 / 20.0)
+    assert nll[0].value == pytest.approx(math.log(20.0)) and nll[0].se == pytest.approx(0.5 / 20.0)
     rows[0].update(kld_code=0.7, kld_code_se=0.02)
     code, skipped = observations_from_rows(table, rows, eval_hash="e", metric="kld_code")
-    assert len(code) == 1 and skipped == 5 and (code[0].kld, code[0].kld_se) == (0.7, 0.02)
+    assert len(code) == 1 and skipped == 5 and (code[0].value, code[0].se) == (0.7, 0.02)
     with pytest.raises(SurrogateError, match="unknown surrogate metric 'ppl'"):
         observations_from_rows(table, rows, metric="ppl")
 

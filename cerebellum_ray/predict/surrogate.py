@@ -44,12 +44,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .choices import ChoiceError, ChoiceTable, params_of_row
+from ..core import metrics
+from ..core.compat import former_names
 from ..core.errors import CerebellumError
 
 if TYPE_CHECKING:
@@ -72,46 +74,49 @@ class SurrogateError(CerebellumError):
 
 @dataclass(frozen=True)
 class Observation:
-    """One measured row: the levels of its map (`ChoiceTable` levels), its mean KLD and that mean's standard error."""
+    """One measured row: the levels of its map (`ChoiceTable` levels), the mean of the fitted metric (KLD on the
+    text or the code corpus, or NLL) and that mean's standard error."""
 
     levels: tuple[int, ...]
-    kld: float
-    kld_se: float | None = None
+    value: float
+    se: float | None = None
     label: str = ""
 
 
-def observation(table: ChoiceTable, point: Mapping[str, int], kld: float, kld_se: float | None = None,
+def observation(table: ChoiceTable, point: Mapping[str, int], value: float, se: float | None = None,
                 label: str = "") -> Observation:
     """An observation of a (possibly partial) point."""
-    return Observation(table.levels_of_point(point), float(kld), None if kld_se is None else float(kld_se), label)
+    return Observation(table.levels_of_point(point), float(value), None if se is None else float(se), label)
 
 
-METRICS = ("kld", "kld_code", "nll")  # what a surrogate can be fitted on: mean KLD (text or code corpus), or mean
-#                                        NLL = ln(PPL) (per-token, additive)
+# What a surrogate can be fitted on: mean KLD (text or code corpus: the store metrics), or mean NLL = ln(PPL)
+# (per-token, additive; from the stored perplexity).
+FIT_METRICS = ("kld", "kld_code", "nll")
 
 
 def _metric_of(row: Mapping, metric: str) -> tuple[float | None, float | None]:
     """(value, standard error) of a row's `metric`; NLL from the stored PPL (ln PPL, SE by the delta method)."""
-    def finite(x):
-        return x is not None and math.isfinite(float(x))
-
     if metric in ("kld", "kld_code"):
-        return (float(row[metric]) if finite(row.get(metric)) else None,
-                float(row[f"{metric}_se"]) if finite(row.get(f"{metric}_se")) else None)
+        m = metrics.metric(metric)
+        return _finite(m.stored(row)), _finite(m.stored_se(row))
     if metric == "nll":
-        ppl, se = row.get("ppl"), row.get("ppl_se")
-        if not finite(ppl) or float(ppl) <= 0:
+        ppl_metric = metrics.metric("ppl")
+        ppl, se = _finite(ppl_metric.stored(row)), _finite(ppl_metric.stored_se(row))
+        if ppl is None or ppl <= 0:
             return None, None
-        return math.log(float(ppl)), float(se) / float(ppl) if finite(se) else None
-    raise SurrogateError(f"unknown surrogate metric {metric!r}; choose {' or '.join(METRICS)}")
+        return math.log(ppl), None if se is None else se / ppl
+    raise SurrogateError(f"unknown surrogate metric {metric!r}; choose {' or '.join(FIT_METRICS)}")
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
 
 
 def observations_from_rows(table: ChoiceTable, rows: Iterable[Mapping], eval_hash: str | None = None,
                            metric: str = "kld") -> tuple[tuple[Observation, ...], int]:
     """(observations, rows skipped) from result-store rows: complete rows with the metric (a KLD on the text or
     the code corpus, or a PPL for metric "nll"; of `eval_hash` when given) whose map (or, without a map, params) is
-    a choice of the table; the others are counted as skipped. The observation's `kld` field then holds that
-    metric."""
+    a choice of the table; the others are counted as skipped."""
     out, skipped = [], 0
     for row in rows:
         value, se = _metric_of(row, metric) if row.get("status") == "complete" else (None, None)
@@ -707,60 +712,141 @@ def fit_surrogate(table: ChoiceTable, observations: Sequence[Observation], prior
     `prior`: the space's `Prior` (its table must be `table`); None fits ridge main effects without it.
     `interactions`: select pairwise interactions (forward selection, at most `max_interactions`), among
     `candidate_pairs` (param names) or every pair of dimensions that both vary in the rows.
-    `min_se_fraction`: a row's standard error is at least this fraction of its KLD (a missing or zero kld_se
-    would otherwise weigh infinitely).
+    `min_se_fraction`: a row's standard error is at least this fraction of its value (a missing or zero standard
+    error would otherwise weigh infinitely).
     """
     if prior is not None and prior.table != table:
         raise SurrogateError("the prior was computed for another choice table (space, model or base map)")
+    data = _fit_data(table, observations, prior, min_se_fraction)
+    design = _Design(table, data.prior_levels, [])
+    fit, lams = _tune(design, data.L, data.y, data.se2)
+    model = _Model(design, fit, lams)
+    if interactions and max_interactions > 0:
+        model = _select_interactions(data, model, _candidate_pairs(data, candidate_pairs), max_interactions)
+    names = table.params
+    return Surrogate(table=table, interactions=tuple((names[a], names[b]) for a, b in model.design.pairs),
+                     quality=_fit_quality(data, model), scale=data.scale, prior_levels=data.prior_levels,
+                     theta=tuple(float(v) for v in model.fit.theta), cov=model.fit.cov, tau2=model.fit.tau2)
+
+
+@dataclass(frozen=True)
+class _FitData:
+    """The observations as the fit takes them: levels, values in internal units (divided by `scale`, the median
+    |value|) and variances with the standard-error floor applied."""
+
+    table: ChoiceTable
+    L: np.ndarray  # (rows, params) levels
+    y_raw: np.ndarray  # measured values
+    y: np.ndarray  # y_raw / scale
+    se2: np.ndarray  # squared standard errors, internal units
+    scale: float
+    prior_levels: tuple[tuple[float, ...], ...] | None
+
+
+def _fit_data(table: ChoiceTable, observations: Sequence[Observation], prior: Prior | None,
+              min_se_fraction: float) -> _FitData:
     obs = list(observations)
     if len(obs) < MIN_ROWS:
         raise SurrogateError(f"a surrogate needs at least {MIN_ROWS} measured rows, got {len(obs)}")
     L = np.array([table.check_levels(o.levels) for o in obs], dtype=np.int64)
-    y_raw = np.array([o.kld for o in obs], dtype=np.float64)
+    y_raw = np.array([o.value for o in obs], dtype=np.float64)
     if not np.all(np.isfinite(y_raw)):
-        raise SurrogateError("a row's KLD is not finite")
+        raise SurrogateError("a row's measured value is not finite")
     scale = float(np.median(np.abs(y_raw))) or float(np.mean(np.abs(y_raw))) or 1.0
     y = y_raw / scale
-    se = np.array([o.kld_se if o.kld_se is not None and math.isfinite(o.kld_se) else 0.0 for o in obs]) / scale
+    se = np.array([o.se if o.se is not None and math.isfinite(o.se) else 0.0 for o in obs]) / scale
     se = np.maximum(se, np.maximum(min_se_fraction * np.abs(y), 1e-9))
-    se2 = se * se
     prior_levels = None if prior is None else tuple(tuple(e) for e in prior.level_errors)
+    return _FitData(table, L, y_raw, y, se * se, scale, prior_levels)
 
-    pairs: list[tuple[int, int]] = []
-    design = _Design(table, prior_levels, pairs)
-    fit, lams = _tune(design, L, y, se2)
-    screened: list[tuple[float, float, int, tuple[int, int], str]] = []
+
+@dataclass(frozen=True)
+class _Screened:
+    """A pair's test at one selection step: "nested" (refitted, the p-value that decides) or "score" (ranking)."""
+
+    log_p: float  # natural log
+    statistic: float
+    df: int
+    pair: tuple[int, int]
+    test: str
+
+
+@dataclass(frozen=True)
+class _Model:
+    """A fitted design: its pairs, the fit, the ridge strengths, and the last selection step's tests."""
+
+    design: _Design
+    fit: _Fit
+    lams: tuple[float, float, float]
+    screened: tuple[_Screened, ...] = ()
+    threshold: float = 0.0  # the p-value a pair had to beat at the last step (Bonferroni over the pairs ranked)
+
+
+def _candidate_pairs(data: _FitData, candidate_pairs: Iterable[tuple[str, str]] | None) -> list[tuple[int, int]]:
+    """Pairs of dimensions that both vary in the rows (of `candidate_pairs` when given), as param indices."""
+    table, L = data.table, data.L
+    varying = [i for i in range(table.n_params) if len(np.unique(L[:, i])) > 1]
+    if candidate_pairs is None:
+        return [(a, b) for ai, a in enumerate(varying) for b in varying[ai + 1:]]
+    cands = sorted({tuple(sorted((table.index(a), table.index(b)))) for a, b in candidate_pairs if a != b})
+    return [c for c in cands if c[0] in varying and c[1] in varying]
+
+
+def _select_interactions(data: _FitData, model: _Model, cands: list[tuple[int, int]],
+                         max_interactions: int) -> _Model:
+    """Forward selection (module docstring): each step adds the best pair if its nested test beats the Bonferroni
+    threshold and the refit lowers the leave-one-out predictive loss; the ridge strengths are tuned again at the
+    end."""
+    screened: tuple[_Screened, ...] = ()
     threshold = 0.0
-    if interactions and max_interactions > 0:
-        varying = [i for i in range(table.n_params) if len(np.unique(L[:, i])) > 1]
-        if candidate_pairs is None:
-            cands = [(a, b) for ai, a in enumerate(varying) for b in varying[ai + 1:]]
-        else:
-            cands = sorted({tuple(sorted((table.index(a), table.index(b)))) for a, b in candidate_pairs
-                            if a != b})
-            cands = [c for c in cands if c[0] in varying and c[1] in varying]
-        while cands and len(pairs) < max_interactions:
-            X = design.rows(L)
-            ranked = _screen(design, fit, X, L, cands)
-            threshold = THREE_SIGMA_P / len(cands)
-            tested = []
-            for _, _, _, pair in ranked[:_NESTED_TESTS]:
-                trial = _Design(table, prior_levels, pairs + [pair])
-                log_p, stat, df, new = _nested_test(X, trial.rows(L), y, se2, design.penalty(lams),
-                                                    trial.penalty(lams), fit.tau2)
-                tested.append((log_p, stat, df, pair, trial, new))
-            tested.sort(key=lambda x: (x[0], -x[1]))
-            screened = [t[:4] + ("nested",) for t in tested] + [r + ("score",) for r in ranked[_NESTED_TESTS:]]
-            if not tested or tested[0][0] >= math.log(threshold) or tested[0][5].nlpd >= fit.nlpd:
-                break
-            _, _, _, pair, design, fit = tested[0]
-            pairs.append(pair)
-            cands = [c for c in cands if c != pair]
-        if pairs:
-            fit, lams = _tune(design, L, y, se2)
+    while cands and len(model.design.pairs) < max_interactions:
+        ranked, refitted = _selection_step(data, model, cands)
+        threshold = THREE_SIGMA_P / len(cands)
+        screened = tuple(_Screened(c.log_p, c.statistic, c.df, c.pair, "nested") for c in refitted) + tuple(
+            _Screened(lp, stat, df, pair, "score") for lp, stat, df, pair in ranked[_NESTED_TESTS:])
+        if not refitted or refitted[0].log_p >= math.log(threshold) or refitted[0].model.fit.nlpd >= model.fit.nlpd:
+            break
+        model = refitted[0].model
+        cands = [c for c in cands if c != refitted[0].pair]
+    if model.design.pairs:
+        fit, lams = _tune(model.design, data.L, data.y, data.se2)
+        model = _Model(model.design, fit, lams)
+    return replace(model, screened=screened, threshold=threshold)
 
-    X = design.rows(L)
-    pred = X @ fit.theta
+
+@dataclass(frozen=True)
+class _Refit:
+    """A pair added to the model at one selection step: its nested test and the larger model."""
+
+    log_p: float
+    statistic: float
+    df: int
+    pair: tuple[int, int]
+    model: _Model
+
+
+def _selection_step(data: _FitData, model: _Model, cands: Sequence[tuple[int, int]]
+                    ) -> tuple[list[tuple[float, float, int, tuple[int, int]]], list[_Refit]]:
+    """(every candidate ranked by its score test, the best `_NESTED_TESTS` refitted and tested as nested models,
+    best first)."""
+    design, fit, lams = model.design, model.fit, model.lams
+    X = design.rows(data.L)
+    ranked = _screen(design, fit, X, data.L, cands)
+    refitted = []
+    for _, _, _, pair in ranked[:_NESTED_TESTS]:
+        larger = _Design(data.table, data.prior_levels, design.pairs + [pair])
+        log_p, stat, df, new = _nested_test(X, larger.rows(data.L), data.y, data.se2, design.penalty(lams),
+                                            larger.penalty(lams), fit.tau2)
+        refitted.append(_Refit(log_p, stat, df, pair, _Model(larger, new, lams)))
+    refitted.sort(key=lambda r: (r.log_p, -r.statistic))
+    return ranked, refitted
+
+
+def _fit_quality(data: _FitData, model: _Model) -> FitQuality:
+    """In-sample R^2, exact leave-one-out errors, the prior coefficient and the ridge strengths (in rows)."""
+    design, fit, lams = model.design, model.fit, model.lams
+    y, scale = data.y, data.scale
+    pred = design.rows(data.L) @ fit.theta
     h = np.clip(fit.h, 0.0, 1.0 - 1e-9)
     e_loo = fit.r / (1.0 - h)
     loo_pred = (y - e_loo) * scale
@@ -768,28 +854,32 @@ def fit_surrogate(table: ChoiceTable, observations: Sequence[Observation], prior
     ybar = float(np.sum(w * y) / np.sum(w))
     ss_tot = float(np.sum(w * (y - ybar) ** 2))
     r2 = 1.0 - float(np.sum(w * (y - pred) ** 2)) / ss_tot if ss_tot > 0 else math.nan
-    g = g_se = None
-    if design.prior_col is not None:
-        c = design.prior_col
-        g = float(fit.theta[c]) * scale / design.prior_norm
-        g_se = math.sqrt(max(float(fit.cov[c, c]), 0.0)) * scale / design.prior_norm
-    names = table.params
-    unit = float(np.median(1.0 / se2))
-    quality = FitQuality(
-        n_rows=len(obs), r2=r2, loo_rmse=float(np.sqrt(np.mean((e_loo * scale) ** 2))),
+    g, g_se = _prior_coefficient(design, fit, scale)
+    names = data.table.params
+    unit = float(np.median(1.0 / data.se2))
+    return FitQuality(
+        n_rows=len(y), r2=r2, loo_rmse=float(np.sqrt(np.mean((e_loo * scale) ** 2))),
         loo_rel_rmse=float(np.sqrt(np.mean((e_loo / np.where(y != 0, y, 1.0)) ** 2))),
-        loo_spearman=spearman(loo_pred, y_raw), effective_params=float(fit.h.sum()),
+        loo_spearman=spearman(loo_pred, data.y_raw), effective_params=float(fit.h.sum()),
         misfit=math.sqrt(fit.tau2), lambda_levels=lams[0] / unit, lambda_families=lams[1] / unit,
         lambda_dims=lams[2] / unit, prior_coefficient=g,
         prior_coefficient_se=g_se,
-        screened=tuple(PairTest(names[a], names[b], stat, df, lp / math.log(10), kind)
-                       for lp, stat, df, (a, b), kind in screened[:10]),
-        bonferroni_p=threshold,
+        screened=tuple(PairTest(names[t.pair[0]], names[t.pair[1]], t.statistic, t.df, t.log_p / math.log(10),
+                                t.test) for t in model.screened[:10]),
+        bonferroni_p=model.threshold,
     )
-    return Surrogate(table=table, interactions=tuple((names[a], names[b]) for a, b in pairs), quality=quality,
-                     scale=scale, prior_levels=prior_levels, theta=tuple(float(v) for v in fit.theta),
-                     cov=fit.cov, tau2=fit.tau2)
 
 
-__all__ = ["FitQuality", "Observation", "PairDeparture", "PairTest", "Surrogate", "SurrogateError", "fit_surrogate",
-           "observation", "observations_from_rows"]
+def _prior_coefficient(design: _Design, fit: _Fit, scale: float) -> tuple[float | None, float | None]:
+    """(g, its standard error): KLD per unit of summed relative error; (None, None) without a prior."""
+    if design.prior_col is None:
+        return None, None
+    c = design.prior_col
+    g = float(fit.theta[c]) * scale / design.prior_norm
+    return g, math.sqrt(max(float(fit.cov[c, c]), 0.0)) * scale / design.prior_norm
+
+
+__all__ = ["FIT_METRICS", "FitQuality", "MIN_ROWS", "Observation", "PairDeparture", "PairTest", "Surrogate",
+           "SurrogateError", "fit_surrogate", "observation", "observations_from_rows", "spearman"]
+
+__getattr__ = former_names(__name__, {"METRICS": "cerebellum_ray.predict.surrogate:FIT_METRICS"})
