@@ -38,7 +38,7 @@ from dataclasses import replace
 import numpy as np
 
 from cerebellum_ray.core import store
-from cerebellum_ray.study.run import read_study
+from cerebellum_ray.study.run import StudyRecord
 from cerebellum_ray.predict.surrogate import spearman
 from cerebellum_ray.results.verify import VerifyOptions, members, verify
 
@@ -54,9 +54,9 @@ def complete_rows(store_dir: str, studies: list[str]) -> list[dict]:
 
 
 def run_verify(store_dir: str, study: str, front_on: tuple[str, ...]) -> None:
-    record = read_study(store_dir, study)
-    opts = VerifyOptions(store_dir=store_dir, study=study, source=record["source"], front_on=front_on,
-                         imatrix=record.get("imatrix"), cache_dir=record.get("cache_dir"))
+    record = StudyRecord.load(store_dir, study)
+    opts = VerifyOptions(store_dir=store_dir, study=study, source=record.source, front_on=front_on,
+                         imatrix=record.imatrix, cache_dir=record.cache_dir)
     front = sorted(members(opts), key=lambda r: r["size_bytes"])
     todo = [front[i]["trial_id"] for i in spread_order(len(front)) if (front[i].get("humaneval_n") or 0) < N_PROBLEMS]
     print(f"verify: {len(todo)} of {len(front)} front members without a full HumanEval", file=sys.stderr)
@@ -104,11 +104,7 @@ def differing(a: dict, b: dict, space_types: dict[str, list[str]]) -> str:
 
 
 def space_types_of(store_dir: str, study: str) -> dict[str, list[str]]:
-    from cerebellum_ray.formats.catalog import load_catalog
-    from cerebellum_ray.formats.space import load_space
-
-    record = read_study(store_dir, study)
-    space = load_space(record["space_file"], load_catalog(record["source"]))
+    _, space = StudyRecord.load(store_dir, study).open_space()
     return {d.param: list(d.types) for d in space.dimensions}
 
 

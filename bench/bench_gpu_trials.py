@@ -41,7 +41,8 @@ def main() -> None:
     ap.add_argument("--model")
     ap.add_argument("--workdir", default="/tmp/cerebellum-gpu-trials")
     args = ap.parse_args()
-    from cerebellum_ray.study.search import SearchOptions, run_search
+    from cerebellum_ray.study.run import SearchOptions
+    from cerebellum_ray.study.strategies import run_search
     from cerebellum_ray.formats.tiny import make_tiny
 
     work = Path(args.workdir)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from bench_strategies import source_model  # the same source (and tiny imatrix) the strategy studies ran on
 from cerebellum_ray.core import store
-from cerebellum_ray.study.search import SearchOptions, run_search
+from cerebellum_ray.study.run import SearchOptions
+from cerebellum_ray.study.strategies import run_search
 
 PRESETS = "Q2_K,Q3_K_S,Q3_K_M,Q4_K_S,Q4_K_M"
 

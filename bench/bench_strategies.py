@@ -33,7 +33,8 @@ import numpy as np
 
 from cerebellum_ray.core import store
 from cerebellum_ray.predict.fronts import compute_fronts, pareto_mask, prediction_check
-from cerebellum_ray.study.search import SearchOptions, run_search
+from cerebellum_ray.study.run import SearchOptions
+from cerebellum_ray.study.strategies import run_search
 
 COUNTS = (20, 40, 80)
 
@@ -57,12 +58,11 @@ def rows_of(store_dir: Path, study: str) -> list[dict]:
 def run_greedy(opts: SearchOptions) -> None:
     """The greedy knapsack baseline (see the module docstring), as batches of trials through the search runtime."""
     from cerebellum_ray.formats.catalog import load_catalog
-    from cerebellum_ray.study.run import init_ray, prepare, run_points, trial_resources
+    from cerebellum_ray.study.run import StudyRun
 
-    ctx = prepare(opts)
-    space, catalog = ctx.space, load_catalog(ctx.source)
-    has_imatrix = ctx.imatrix_path is not None
-    resources = trial_resources(opts, init_ray(opts))
+    run_ = StudyRun.prepare(opts)
+    space, catalog = run_.space, load_catalog(run_.ctx.source)
+    has_imatrix = run_.has_imatrix
     base_map = space.map_for(catalog, {}, has_imatrix=has_imatrix)
 
     def size(point):
@@ -78,7 +78,7 @@ def run_greedy(opts: SearchOptions) -> None:
         todo = [p for p in points if space.map_for(catalog, p, has_imatrix=has_imatrix).digest not in known]
         budget = opts.trials - len(store.rows(opts.store_dir, [opts.study]))
         if todo and budget > 0:
-            run_points(ctx, opts, resources, todo[:budget], "greedy", phase)
+            run_.run_points(todo[:budget], "greedy", phase)
 
     singles = [{d.param: i} for d in space.dimensions for i, t in enumerate(d.types)
                if any(base_map.types[n] != t for n in d.tensors)]

@@ -16,7 +16,8 @@ from cerebellum_ray.results.export import export, pick_row
 from cerebellum_ray.formats.ggml_types import file_type, ggml_type
 from cerebellum_ray.formats.precision_map import parse_tensor_type_lines
 from cerebellum_ray.evaluate.score import EvalSpec, score
-from cerebellum_ray.study.search import SearchOptions, prepare, run_search
+from cerebellum_ray.study.run import SearchOptions, prepare
+from cerebellum_ray.study.strategies import run_search
 
 pytestmark = pytest.mark.slow
 SPACE = str(Path("search_spaces/tiny-gemma4.yaml").resolve())

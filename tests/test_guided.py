@@ -12,8 +12,9 @@ import pytest
 
 from cerebellum_ray.core import store
 from cerebellum_ray.formats.catalog import load_catalog
-from cerebellum_ray.study.guided import GuidedError, check_objectives, sensitivity_proposals
-from cerebellum_ray.study.search import SearchOptions, run_search
+from cerebellum_ray.study.guided import GuidedError, require_kld_objective, sensitivity_proposals
+from cerebellum_ray.study.run import SearchOptions
+from cerebellum_ray.study.strategies import run_search
 from cerebellum_ray.results.recommend import SolveError, make_budget, solve_study
 from cerebellum_ray.formats.space import load_space
 
@@ -37,7 +38,7 @@ def test_guided_needs_kld_among_the_objectives(tiny_models, tmp_path):
     f = tmp_path / "ppl.yaml"
     f.write_text(Path(SPACE).read_text().replace("objectives: [kld, size]", "objectives: [ppl, size]"))
     with pytest.raises(GuidedError, match=r"need kld \(e.g. objectives: \[kld, size\]\)"):
-        check_objectives(load_space(f, cat))
+        require_kld_objective(load_space(f, cat))
 
 
 def test_budgets_are_refused_unless_exactly_one_is_given():

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from cerebellum_ray.core import store
-from cerebellum_ray.study.search import SearchOptions, init_ray, run_search, trial_resources
+from cerebellum_ray.study.run import SearchOptions, init_ray, trial_resources
+from cerebellum_ray.study.strategies import run_search
 from cerebellum_ray.formats.space import SpaceError
 
 pytestmark = pytest.mark.slow
@@ -125,23 +126,33 @@ def test_two_node_cluster_spreads_trials(tiny_models, tmp_path):
         cluster.shutdown()
 
 
-def test_killed_driver_resumes_without_losing_or_repeating(tiny_models, tmp_path):
-    store_dir = tmp_path / "store"
-    cmd = [sys.executable, "-m", "cerebellum_ray.cli", "search", "--space", SPACE, "--source",
-           str(tiny_models["gemma4"]), "--study", "kill", "--store", str(store_dir), "--trials", "8", "--num-cpus",
-           "2", "--scheduler", "none", "--cache-dir", str(tmp_path / "cache"), "--json"]
+def _search_killed_then_resumed(space: str, source, study: str, store_dir: Path, cache: Path, trials: int,
+                                kill_after: int) -> tuple[dict, subprocess.CompletedProcess]:
+    """`search` as a command, its driver (and the local Ray it started) killed once `kill_after` rows are stored,
+    then run again with --resume: (the rows stored before the kill by trial id, the resumed run)."""
+    cmd = [sys.executable, "-m", "cerebellum_ray.cli", "search", "--space", space, "--source", str(source),
+           "--study", study, "--store", str(store_dir), "--trials", str(trials), "--num-cpus", "2", "--scheduler",
+           "none", "--cache-dir", str(cache), "--json"]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(store_dir.glob("*.parquet"))) < 3:
+    while time.time() < deadline and len(list(store_dir.glob("*.parquet"))) < kill_after and proc.poll() is None:
         time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = {r["trial_id"]: r for r in store.rows(store_dir, ["kill"])}
-    assert 3 <= len(before) < 8
+    before = {r["trial_id"]: r for r in store.rows(store_dir, [study])}
     done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    return before, done
+
+
+def test_killed_driver_resumes_without_losing_or_repeating(tiny_models, tmp_path):
+    store_dir = tmp_path / "store"
+    before, done = _search_killed_then_resumed(SPACE, tiny_models["gemma4"], "kill", store_dir, tmp_path / "cache",
+                                               trials=8, kill_after=3)
+    assert 3 <= len(before) < 8
     after = {r["trial_id"]: r for r in store.rows(store_dir, ["kill"])}
     assert len(after) == 8
     for trial_id, row in before.items():  # finished before the kill: kept as they were, not run again
@@ -155,7 +166,8 @@ def test_ablation_results_warm_start_an_optuna_study(tiny_models, tmp_path):
     """Finished rows of another study (same space and evaluation) become finished multi-objective Optuna trials."""
     import optuna
 
-    from cerebellum_ray.study.search import _make_searcher_class, add_finished_trials, prepare, warm_start_points
+    from cerebellum_ray.study.run import prepare
+    from cerebellum_ray.study.search import _make_searcher_class, add_finished_trials, warm_start_points
 
     opts = _opts(tiny_models, tmp_path)
     ctx = prepare(opts, tmp_path / "work")
@@ -216,7 +228,7 @@ def test_base_override_replaces_the_space_base(tiny_models):
     """--base PRESET: the same dimensions, every other tensor from that preset; a bad preset fails before Ray."""
     from cerebellum_ray.formats.catalog import load_catalog
     from cerebellum_ray.formats.precision_map import MapError, MapSpec, resolve
-    from cerebellum_ray.study.search import with_base
+    from cerebellum_ray.study.run import with_base
     from cerebellum_ray.formats.space import load_space
 
     cat = load_catalog(tiny_models["gemma4"])
@@ -266,7 +278,7 @@ def test_dominance_stopping_prunes_trials_and_tells_optuna(local_ray, tiny_model
 
     from cerebellum_ray.formats.catalog import load_catalog
     from cerebellum_ray.formats.precision_map import tensor_bytes
-    from cerebellum_ray.study.search import prepare
+    from cerebellum_ray.study.run import prepare
 
     opts = _opts(tiny_models, tmp_path, trials=4, study="pruned", warm_start=("planted",), max_concurrent=1)
     ctx = prepare(opts, tmp_path / "work")
@@ -308,7 +320,7 @@ def test_a_space_may_have_its_imatrix_made_once_from_a_text(tiny_models, tmp_pat
     import yaml
 
     from cerebellum_ray.formats.imatrix import load_imatrix
-    from cerebellum_ray.study.run import prepare, read_study
+    from cerebellum_ray.study.run import StudyRecord, prepare
 
     data = yaml.safe_load(Path(SPACE).read_text())
     data["imatrix"] = {"text": "builtin", "ctx": 64, "chunks": 2}
@@ -318,7 +330,7 @@ def test_a_space_may_have_its_imatrix_made_once_from_a_text(tiny_models, tmp_pat
     ctx = prepare(opts)
     made = Path(ctx.imatrix_path)
     assert made.parent == tmp_path / "cache" / "imatrix" and load_imatrix(made).chunk_count == 2
-    assert read_study(opts.store_dir, "t")["imatrix"] == str(made)
+    assert StudyRecord.load(opts.store_dir, "t").imatrix == str(made)
     stamp = made.stat().st_mtime_ns
     assert Path(prepare(opts).imatrix_path) == made and made.stat().st_mtime_ns == stamp  # made once
     data["imatrix"] = {"text": "builtin", "ctx": 64, "chunks": 3}
@@ -335,3 +347,42 @@ def test_a_space_may_have_its_imatrix_made_once_from_a_text(tiny_models, tmp_pat
     space.write_text(yaml.safe_dump(data))
     with pytest.raises(SpaceError, match="imatrix"):
         prepare(opts)
+
+
+def test_the_speed_objective_runs_resumes_and_answers_duplicates(tiny_models, tmp_path):
+    """objectives [kld, size, speed]: a study killed after its first rows resumes to the end; every trial is told to
+    Optuna as (KLD, GB, prompt tokens/s) of its row; every stored row is a known result and a warm-start point (the
+    store has no `speed` column: the registry reads pp_tokens_per_s), so a duplicate proposal is answered from it."""
+    import optuna
+
+    from cerebellum_ray.study.run import prepare
+    from cerebellum_ray.study.search import _make_searcher_class, known_results, warm_start_points
+
+    space = tmp_path / "speed.yaml"
+    space.write_text(Path(SPACE).read_text().replace("objectives: [kld, size]", "objectives: [kld, size, speed]"))
+    store_dir = tmp_path / "store"
+    before, _ = _search_killed_then_resumed(str(space), tiny_models["gemma4"], "speed", store_dir, tmp_path / "cache",
+                                            trials=4, kill_after=2)
+    assert 2 <= len(before) <= 4
+    rows = store.rows(store_dir, ["speed"])
+    assert len(rows) == 4 and all(r["status"] == "complete" for r in rows)
+    assert all(r["finished_at"] == {x["trial_id"]: x for x in rows}[t]["finished_at"] for t, r in before.items())
+    study = optuna.load_study(study_name="speed", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(store_dir / "_optuna" / "speed.journal"))))
+    for r in rows:
+        trial = study.trials[r["optuna_trial"]]
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.values == [r["kld"], r["size_bytes"] / 1e9, r["pp_tokens_per_s"]] and r["pp_tokens_per_s"] > 0
+
+    opts = _opts(tiny_models, tmp_path, space_file=str(space), study="speed", store_dir=str(store_dir))
+    ctx = prepare(opts, tmp_path / "work")
+    known = known_results(str(store_dir), "speed", ctx)
+    assert set(known) == {r["map_hash"] for r in rows}  # no row skipped
+    assert sorted(v for _, v in warm_start_points(str(store_dir), ["speed"], ctx)) == sorted(known.values())
+    searcher = _make_searcher_class()(ctx, known, sampler=optuna.samplers.NSGAIISampler(seed=0), study_name="dup")
+    row = rows[0]
+    searcher._ot_study.enqueue_trial({k: v for k, v in json.loads(row["params"]).items()})
+    proposal = searcher.suggest("next")
+    assert searcher.skipped["duplicate"] >= 1 and proposal is not None
+    answered = searcher._ot_study.trials[0]
+    assert answered.state == optuna.trial.TrialState.COMPLETE and answered.values == known[row["map_hash"]]

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from cerebellum_ray.core import store
-from cerebellum_ray.study.search import SearchOptions, prepare, run_search
+from cerebellum_ray.study.run import SearchOptions, prepare
+from cerebellum_ray.study.strategies import run_search
 from cerebellum_ray.study.trial import evaluate_point
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -17,11 +17,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..core import store
+from ..core.compat import former_names
 from ..core.errors import CerebellumError
 
 MEASURED_COLUMNS = ("kld", "kld_se", "ppl", "ppl_se", "kld_code", "kld_code_se", "humaneval", "mc_acc", "same_top")
@@ -93,18 +94,17 @@ def make_budget(max_bpw: float | None = None, max_gb: float | None = None, vram_
     return Budget(file_bytes, None, f"{vram_gb} GB of VRAM with a {context}-token context")
 
 
-def _study_inputs(store_dir, study: str, space_file: str | None, source: str | None) -> dict[str, Any]:
-    from ..study.run import read_study
+def _study_record(store_dir, study: str, space_file: str | None, source: str | None):
+    """The study's record; --space and --source replace its space and source (and stand in for a record that an
+    older study lacks)."""
+    from ..study.run import StudyRecord
 
     if space_file and source:
-        record: dict[str, Any] = {"space_file": space_file, "source": source, "imatrix": None, "base": None,
-                                  "eval_hash": None, "cache_dir": None}
         try:
-            record = {**read_study(store_dir, study), "space_file": space_file, "source": source}
+            return replace(StudyRecord.load(store_dir, study), space_file=space_file, source=source)
         except CerebellumError:
-            pass
-        return record
-    return read_study(store_dir, study)
+            return StudyRecord(study=study, space_file=space_file, source=source)
+    return StudyRecord.load(store_dir, study)
 
 
 def _fit_summary(model) -> dict[str, Any]:
@@ -121,26 +121,20 @@ def solve_study(store_dir: str, study: str, budget: Budget, *, space_file: str |
     if metric not in SOLVE_METRICS:
         raise SolveError(f"--metric {metric}: solve minimizes {' or '.join(SOLVE_METRICS)}")
     from ..quant.build import predicted_file_size
-    from ..formats.catalog import load_catalog
-    from ..study.guided import check_objectives, fit_study, study_prior
+    from ..study.guided import fit_study, require_kld_objective, study_prior
     from ..formats.precision_map import tensor_bytes
-    from ..study.run import with_base
     from ..predict.solver import Solver, SolverError
-    from ..formats.space import load_space
 
     started = time.perf_counter()
-    record = _study_inputs(store_dir, study, space_file, source)
-    catalog = load_catalog(record["source"])
-    space = load_space(record["space_file"], catalog)
-    if record.get("base"):
-        space = with_base(space, catalog, record["base"])
-    check_objectives(space)
-    has_imatrix = bool(record.get("imatrix"))
-    prior = study_prior(space, catalog, record["source"], record.get("imatrix"), record.get("cache_dir"))
+    record = _study_record(store_dir, study, space_file, source)
+    catalog, space = record.open_space()
+    require_kld_objective(space)
+    has_imatrix = bool(record.imatrix)
+    prior = study_prior(space, catalog, record.source, record.imatrix, record.cache_dir)
     rows = store.rows(store_dir, [study, *warm_start])
     if not any(r["study"] == study for r in rows):
         raise SolveError(f"{store_dir}: study {study!r} has no rows")
-    eval_hash = record.get("eval_hash") or _most_common(r["eval_hash"] for r in rows if r["study"] == study)
+    eval_hash = record.eval_hash or _most_common(r["eval_hash"] for r in rows if r["study"] == study)
     model = fit_study(prior, rows, eval_hash, metric)
     if model.surrogate is None:
         code = " (kld_code needs a study scored on code: evaluation.code, or kld_code among its objectives)"
@@ -153,7 +147,7 @@ def solve_study(store_dir: str, study: str, budget: Budget, *, space_file: str |
     if has_imatrix:
         from ..formats.imatrix import load_imatrix
 
-        imatrix = load_imatrix(record["imatrix"])
+        imatrix = load_imatrix(record.imatrix)
 
     def solved(limit: int):
         try:
@@ -161,12 +155,12 @@ def solve_study(store_dir: str, study: str, budget: Budget, *, space_file: str |
         except SolverError as exc:
             raise SolveError(f"budget {budget.text}: {exc}") from None
         pmap = space.map_for(catalog, sol.point, has_imatrix=has_imatrix)
-        return sol, pmap, predicted_file_size(record["source"], pmap, imatrix)
+        return sol, pmap, predicted_file_size(record.source, pmap, imatrix)
 
     if budget.bpw is not None:
         sol, pmap, size = solved(prior.table.bytes_for_bpw(budget.bpw))
     else:  # a file budget: tensor bytes = file bytes - header and padding (known once a map is chosen)
-        limit = budget.file_bytes - (predicted_file_size(record["source"], space.map_for(
+        limit = budget.file_bytes - (predicted_file_size(record.source, space.map_for(
             catalog, {}, has_imatrix=has_imatrix), imatrix) - prior.table.size_of({}))
         for _ in range(4):
             sol, pmap, size = solved(limit)
@@ -228,26 +222,22 @@ def verify_solution(store_dir: str, result: SolveResult, *, space_file: str | No
                     gpus_per_trial: float = 0.0) -> dict[str, Any]:
     """Measure the solved map as one trial of the study (strategy "solve", phase "verify", its prediction stored
     with it); returns the new row."""
-    from ..study.run import SearchOptions, init_ray, point_key, prepare, run_points, trial_resources
+    from ..study.run import StudyRun, point_key
 
-    record = _study_inputs(store_dir, result.study, space_file, source)
-    opts = SearchOptions(space_file=record["space_file"], source=record["source"], study=result.study,
-                         store_dir=str(store_dir), strategy="solve", imatrix=record.get("imatrix"),
-                         reference=record.get("reference"), base=record.get("base"),
-                         cache_dir=record.get("cache_dir"), num_cpus=num_cpus, cpus_per_trial=cpus_per_trial,
-                         gpus_per_trial=gpus_per_trial, verbose=False)
+    record = _study_record(store_dir, result.study, space_file, source)
+    opts = record.options(store_dir, strategy="solve", num_cpus=num_cpus, cpus_per_trial=cpus_per_trial,
+                          gpus_per_trial=gpus_per_trial, verbose=False)
     before = {r["trial_id"] for r in store.rows(store_dir, [result.study])}
-    ctx = prepare(opts)
-    if record.get("eval_hash") and ctx.eval_hash != record["eval_hash"]:
+    run = StudyRun.prepare(opts)
+    if record.eval_hash and run.ctx.eval_hash != record.eval_hash:
         raise SolveError(f"study {result.study!r}: its evaluation changed since it ran (the space file or the text "
                          "was edited): a verified row would not be comparable")
-    cluster = init_ray(opts)
     key = point_key(result.point)
     predicted = ({"predicted_kld": result.predicted["kld"], "predicted_kld_se": result.predicted["kld_se"]}
                  if "kld" in result.predicted else {})  # the text KLD's prediction (store column predicted_kld)
-    run_points(ctx, opts, trial_resources(opts, cluster), [result.point], "solve", "verify",
-               labels={key: f"solve {result.budget}" + (f" by {result.metric}" if result.metric != "kld" else "")},
-               extra={key: {"phase": "verify", **predicted}})
+    run.run_points([result.point], "solve", "verify",
+                   labels={key: f"solve {result.budget}" + (f" by {result.metric}" if result.metric != "kld" else "")},
+                   extra={key: {"phase": "verify", **predicted}})
     new = [r for r in store.rows(store_dir, [result.study]) if r["trial_id"] not in before]
     if len(new) != 1:
         raise SolveError(f"the verifying trial left {len(new)} rows; see the Ray Tune logs under "
@@ -262,3 +252,5 @@ def within(result_predicted: Mapping[str, float], measured: float, n_se: float =
 
 __all__ = ["Budget", "SOLVE_METRICS", "SolveError", "SolveResult", "make_budget", "solve_study", "verify_solution",
            "within"]
+
+__getattr__ = former_names(__name__, {"_study_inputs": "cerebellum_ray.results.recommend:_study_record"})

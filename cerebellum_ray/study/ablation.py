@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from collections.abc import Mapping
 
-from ..core import store
-from ..formats.catalog import load_catalog
 from ..core.atomic import atomic_output
+from ..core.compat import former_names
 from ..formats.precision_map import PrecisionMap, resolve
+from .run import SearchResult, StudyRun
 from .run import point_key as _point_key
 from ..formats.space import SearchSpace
 
@@ -87,26 +86,21 @@ def single_moves(space: SearchSpace, base_map: PrecisionMap, name: str, types, k
     return out
 
 
-def run_ablation(opts):
-    """Run the procedure as Ray Tune batches; returns a SearchResult (the summary is printed and stored)."""
-    from .run import SearchResult, init_ray, prepare, trial_resources
-
-    store_dir = Path(opts.store_dir).resolve()
-    ctx = prepare(opts)
-    cluster = init_ray(opts)
-    resources = trial_resources(opts, cluster)
-    space = ctx.space
-    catalog = load_catalog(ctx.source)
-    has_imatrix = ctx.imatrix_path is not None  # trials build with it; some presets then give other base types
-    base_map = resolve(catalog, space.base, has_imatrix=has_imatrix)
-    key = _MapKeys(space, catalog, has_imatrix)
-    runner = _BatchRunner(ctx, opts, resources, store_dir, key)
+def run_ablation(run: StudyRun) -> SearchResult:
+    """Run the procedure as Ray Tune batches of the study run; returns its SearchResult (the summary is printed and
+    stored beside the rows)."""
+    space = run.space
+    store_dir, study = run.store_dir, run.study
+    # trials build with the imatrix when there is one; some presets then give other base types
+    base_map = resolve(run.catalog, space.base, has_imatrix=run.has_imatrix)
+    key = _MapKeys(space, run.catalog, run.has_imatrix)
+    runner = _BatchRunner(run, key)
     base: dict[str, int] = {}  # the preset itself
     results = runner.run([(Move("base", "base", "", (), ""), base)], "base")
     base_result = results.get(key(base))
     if base_result is None:
         raise RuntimeError(f"the base map ({space.base.base or space.base.like}) failed to build or score: see the "
-                           f"failed row of study {opts.study} in {store_dir}; the ablation needs it as its anchor")
+                           f"failed row of study {study} in {store_dir}; the ablation needs it as its anchor")
     if base_result["kld"] <= REFERENCE_KLD:
         print(f"warning: the base map ({_base_name(space)}) is the KLD reference itself "
               f"(KLD {base_result['kld']:.1e}): every move takes the model away from the reference and costs KLD, so "
@@ -131,11 +125,10 @@ def run_ablation(opts):
     if final_point != base:
         results.update(runner.run([(Move("final", "final", "", (), ""), final_point)], "final"))
     table = summary_table(decisions, base_result, results.get(key(final_point)), _base_name(space))
-    with atomic_output(store_dir / f"{opts.study}-ablation.md") as f:
+    with atomic_output(store_dir / f"{study}-ablation.md") as f:
         f.write(table.encode())
     print(table)
-    n = len({key(p) for _, p in [(None, base)] + phase1 + phase2 + phase3})
-    return SearchResult(opts.study, str(store_dir), str(store_dir / "_tune"), n, {})
+    return run.result(len({key(p) for _, p in [(None, base)] + phase1 + phase2 + phase3}))
 
 
 def _base_name(space: SearchSpace) -> str:
@@ -249,30 +242,30 @@ def summary_table(decisions, base_result, final_result, base_name: str = "the ba
 
 
 class _BatchRunner:
-    """Runs a list of labelled (partial) points as one Ray Tune experiment (grid over the points), skipping maps
-    already measured under this evaluation."""
+    """Runs a list of labelled (partial) points as one Ray Tune experiment of the study run (a grid over the
+    points), skipping maps already measured under this evaluation."""
 
-    def __init__(self, ctx, opts, resources, store_dir: Path, key: _MapKeys):
-        self.ctx, self.opts, self.resources, self.store_dir, self.key = ctx, opts, resources, store_dir, key
+    def __init__(self, run: StudyRun, key: _MapKeys):
+        self.study_run, self.key = run, key
 
     def known(self) -> dict[str, dict[str, Any]]:
         """map digest -> stored complete row of this study under this evaluation."""
-        out = {}
-        for row in store.rows(self.store_dir, [self.ctx.study]):
-            if row["status"] == "complete" and row["eval_hash"] == self.ctx.eval_hash and row["map_hash"]:
-                out[row["map_hash"]] = row
-        return out
+        return {row["map_hash"]: row for row in self.study_run.measured() if row["map_hash"]}
 
     def run(self, moves, phase: str) -> dict[str, dict[str, Any]]:
-        from .run import run_points
-
         known = self.known()
         todo = {}
         for move, point in moves:
             if self.key(point) not in known:
                 todo.setdefault(self.key(point), (move, point))
         if todo:
-            run_points(self.ctx, self.opts, self.resources, [p for _, p in todo.values()], "ablation", phase,
-                       labels={_point_key(p): m.label for m, p in todo.values()})
+            self.study_run.run_points([p for _, p in todo.values()], "ablation", phase,
+                                      labels={_point_key(p): m.label for m, p in todo.values()})
             known = self.known()
         return {k: known[k] for k in (self.key(p) for _, p in moves) if k in known}
+
+
+__all__ = ["Move", "decide", "group_moves", "run_ablation", "single_moves", "summary_table"]
+
+__getattr__ = former_names(__name__, {"load_catalog": "cerebellum_ray.formats.catalog:load_catalog",
+                                      "store": "cerebellum_ray.core.store", "Path": "pathlib:Path"})

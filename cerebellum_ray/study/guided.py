@@ -13,7 +13,7 @@
           └──── measured as full trials ◄── its maps not measured yet, by the hypervolume their optimistic
                                               prediction adds to the measured front (a batch per round)
     when every map of the curve is measured it is traced finer; when even the finest proposes nothing new, the rest
-    of the trial budget goes to NSGA-II (search.run_optuna), seeded with every measured point.
+    of the trial budget goes to NSGA-II (search.optuna_search), seeded with every measured point.
 
 Every row stores the phase that proposed it and the surrogate's prediction made before it ran (predicted_kld,
 predicted_kld_se: none for sensitivity rows, which come before any fit). The store is the state: running the same
@@ -24,15 +24,18 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..core import store
-from ..formats.catalog import ModelCatalog, load_catalog
+from ..core.compat import former_names
 from ..core.errors import CerebellumError
+from ..formats.catalog import ModelCatalog
+
+if TYPE_CHECKING:
+    from .run import SearchResult, StudyRun
 
 STRATEGY = "guided"
 SENSITIVITY_SHARE = 0.3  # at most this share of the trial budget goes to sensitivity moves (at least one per family)
@@ -74,7 +77,8 @@ class StudyModel:
         return self.prior.table
 
 
-def check_objectives(space) -> None:
+def require_kld_objective(space) -> None:
+    """Refuse a space the guided search (and `solve`) cannot model: KLD must be among its objectives."""
     if "kld" not in space.objectives:
         raise GuidedError(f"space {space.name}: the guided search models KLD against size; its objectives "
                           f"{list(space.objectives)} need kld (e.g. objectives: [kld, size])")
@@ -100,7 +104,7 @@ def fit_study(prior, rows: Iterable[Mapping[str, Any]], eval_hash: str | None, m
 
     obs, skipped = observations_from_rows(prior.table, rows, eval_hash=eval_hash, metric=metric)
     surrogate = fit_surrogate(prior.table, obs, prior) if len(obs) >= MIN_ROWS else None
-    observed = tuple((prior.table.size_of_levels(o.levels), o.kld) for o in obs)
+    observed = tuple((prior.table.size_of_levels(o.levels), o.value) for o in obs)
     return StudyModel(prior, surrogate, len(obs), skipped, observed)
 
 
@@ -205,54 +209,37 @@ def hypervolume_batch(observed: Sequence[tuple[int, float]], sizes: np.ndarray, 
     return taken
 
 
-def _study_rows(store_dir, studies: Sequence[str]) -> list[dict[str, Any]]:
-    return store.rows(store_dir, list(studies)) if studies else []
-
-
-def run_guided(opts, run_optuna):
-    """Run (or continue) a guided study on Ray Tune; returns a SearchResult. `run_optuna`: search.run_optuna, which
-    runs the NSGA-II tail."""
-    from .run import SearchResult, init_ray, prepare, run_points, trial_resources
-
-    store_dir = Path(opts.store_dir).resolve()
-    ctx = prepare(opts)
-    space = ctx.space
-    check_objectives(space)
-    catalog = load_catalog(ctx.source)
-    has_imatrix = ctx.imatrix_path is not None
-    n_trials = opts.trials or space.trials
-    cluster = init_ray(opts)
-    resources = trial_resources(opts, cluster)
-    concurrency = opts.max_concurrent or max(1, int(cluster.get("CPU", 1) // max(opts.cpus_per_trial, 0.01)))
-    if resources["gpu"]:
-        concurrency = min(concurrency, max(1, int(cluster.get("GPU", 0) / resources["gpu"])))
-    prior = study_prior(space, catalog, ctx.source, ctx.imatrix_path, opts.cache_dir)
+def run_guided(run: StudyRun) -> SearchResult:
+    """Run (or continue) a guided study on Ray Tune; returns its SearchResult."""
+    space, opts, catalog, has_imatrix = run.space, run.opts, run.catalog, run.has_imatrix
+    require_kld_objective(space)
+    n_trials = run.n_trials
+    prior = study_prior(space, catalog, run.ctx.source, run.ctx.imatrix_path, opts.cache_dir)
     say = (lambda m: print(f"guided: {m}", file=sys.stderr)) if opts.verbose else (lambda m: None)
     say(f"prior of {prior.table.n_params} parameters ({prior.computed} errors computed, {prior.from_cache} cached)")
 
     def state():
-        own = [r for r in _study_rows(store_dir, [opts.study]) if r["strategy"] == STRATEGY]
-        measured = {r["map_hash"] for r in own if r["status"] == "complete" and r["eval_hash"] == ctx.eval_hash}
+        own = [r for r in store.rows(run.store_dir, [run.study]) if r["strategy"] == STRATEGY]
+        measured = {r["map_hash"] for r in own if r["status"] == "complete" and r["eval_hash"] == run.ctx.eval_hash}
         return own, measured
 
     own, measured = state()
     n_families = len({d.dimension for d in space.dimensions})
     limit = min(n_trials, max(n_families + 1, int(SENSITIVITY_SHARE * n_trials)))
     todo = [p for p in sensitivity_proposals(space, catalog, has_imatrix, limit)
-            if space.map_for(catalog, p.point, has_imatrix=has_imatrix).digest not in measured]
+            if run.map_of(p.point).digest not in measured]
     todo = todo[: max(0, limit - sum(r.get("phase") == "sensitivity" for r in own))]
     if todo:
         say(f"sensitivities: {len(todo)} family moves from the base map")
-        _run(run_points, ctx, opts, resources, todo)
-    batch_size = max(MIN_BATCH, concurrency)
+        _measure(run, todo)
+    batch_size = max(MIN_BATCH, run.concurrency)
     n_solves = CURVE_SOLVES
     while True:
         own, measured = state()
         remaining = n_trials - len(own)
         if remaining <= 0:
             break
-        rows = _study_rows(store_dir, [opts.study, *opts.warm_start])
-        model = fit_study(prior, rows, ctx.eval_hash)
+        model = fit_study(prior, _fit_rows(run), run.ctx.eval_hash)
         batch = solved_proposals(model, space, catalog, has_imatrix, measured, n_solves, min(remaining, batch_size))
         if not batch:
             if model.surrogate is None or n_solves >= MAX_CURVE_SOLVES:
@@ -263,32 +250,38 @@ def run_guided(opts, run_optuna):
         q = model.surrogate.quality
         say(f"fit on {model.n_rows} rows (leave-one-out Spearman {q.loo_spearman:.2f}, interactions "
             f"{len(model.surrogate.interactions)}): {len(batch)} solved maps to measure")
-        _run(run_points, ctx, opts, resources, batch)
+        _measure(run, batch)
     own, _ = state()
     remaining = n_trials - len(own)
     if remaining > 0:
         say(f"the solver proposes nothing new: {remaining} trials of NSGA-II seeded with the measured points")
-        _nsga2_tail(run_optuna, opts, remaining, prior, store_dir, ctx.eval_hash)
-    return SearchResult(opts.study, str(store_dir), str(store_dir / "_tune"), n_trials, {})
+        _nsga2_tail(run, remaining, prior)
+    return run.result(n_trials)
 
 
-def _run(run_points, ctx, opts, resources, proposals: Sequence[Proposal]) -> None:
+def _fit_rows(run: StudyRun) -> list[dict[str, Any]]:
+    """The rows a fit learns from: the study's and its --warm-start studies'."""
+    return store.rows(run.store_dir, [run.study, *run.opts.warm_start])
+
+
+def _measure(run: StudyRun, proposals: Sequence[Proposal]) -> None:
     from .run import point_key
 
-    phase = proposals[0].phase
-    run_points(ctx, opts, resources, [p.point for p in proposals], STRATEGY, phase,
-               labels={point_key(p.point): p.label for p in proposals},
-               extra={point_key(p.point): p.columns() for p in proposals})
+    run.run_points([p.point for p in proposals], STRATEGY, proposals[0].phase,
+                   labels={point_key(p.point): p.label for p in proposals},
+                   extra={point_key(p.point): p.columns() for p in proposals})
 
 
-def _nsga2_tail(run_optuna, opts, remaining: int, prior, store_dir: Path, eval_hash: str) -> None:
+def _nsga2_tail(run: StudyRun, remaining: int, prior) -> None:
     """NSGA-II for the rest of the budget, seeded with every measured point of the study (and warm-start studies);
     each of its trials stores the surrogate's prediction too (refitted as rows arrive would cost a fit per trial:
     the fit made when the tail starts is used)."""
-    rows = _study_rows(store_dir, [opts.study, *opts.warm_start])
+    from .search import optuna_search
+
+    predictor = Predictor(fit_study(prior, _fit_rows(run), run.ctx.eval_hash).surrogate, "nsga2")
     # resume=True: a tail already started (this study run before) is continued, never refused
-    tail = replace(opts, trials=remaining, warm_start=(opts.study, *opts.warm_start), resume=True)
-    run_optuna(tail, strategy=STRATEGY, predict=Predictor(fit_study(prior, rows, eval_hash).surrogate, "nsga2"))
+    tail = run.derive(trials=remaining, warm_start=(run.study, *run.opts.warm_start), resume=True)
+    optuna_search(tail, strategy=STRATEGY, predict=predictor)
 
 
 @dataclass(frozen=True)
@@ -308,22 +301,26 @@ class Predictor:
 def study_departures(store_dir: str, study: str, min_z: float = 3.0) -> list[dict[str, Any]]:
     """Pairs of choices whose measured joint effect departs from the sum of their effects by more than `min_z`
     standard errors, in the surrogate fitted on the study's rows (the interactions the rows support)."""
-    from .run import read_study, with_base
-    from ..formats.space import load_space
+    from .run import StudyRecord
 
-    record = read_study(store_dir, study)
-    catalog = load_catalog(record["source"])
-    space = load_space(record["space_file"], catalog)
-    if record.get("base"):
-        space = with_base(space, catalog, record["base"])
-    check_objectives(space)
-    prior = study_prior(space, catalog, record["source"], record.get("imatrix"), record.get("cache_dir"))
-    model = fit_study(prior, store.rows(store_dir, [study]), record.get("eval_hash"))
+    record = StudyRecord.load(store_dir, study)
+    catalog, space = record.open_space()
+    require_kld_objective(space)
+    prior = study_prior(space, catalog, record.source, record.imatrix, record.cache_dir)
+    model = fit_study(prior, store.rows(store_dir, [study]), record.eval_hash)
     if model.surrogate is None:
         return []
     return [{"a": d.a, "b": d.b, "type_a": d.type_a, "type_b": d.type_b, "departure": d.departure, "se": d.se,
              "z": d.z} for d in model.surrogate.departures(min_z)]
 
 
-__all__ = ["GuidedError", "Proposal", "StudyModel", "check_objectives", "fit_study", "run_guided",
-           "sensitivity_proposals", "solved_proposals", "study_departures", "study_prior"]
+__all__ = ["GuidedError", "Predictor", "Proposal", "StudyModel", "feasible_range", "fit_study", "hypervolume_batch",
+           "require_kld_objective", "run_guided", "sensitivity_proposals", "solved_proposals", "study_departures",
+           "study_prior"]
+
+__getattr__ = former_names(__name__, {
+    "check_objectives": "cerebellum_ray.study.guided:require_kld_objective",
+    "load_catalog": "cerebellum_ray.formats.catalog:load_catalog", "Path": "pathlib:Path",
+    "replace": "dataclasses:replace",
+    "_run": "cerebellum_ray.study.guided:_measure", "_study_rows": "cerebellum_ray.study.guided:_fit_rows",
+})

@@ -1,11 +1,14 @@
-"""What every search strategy shares: the study's preparation, Ray, trial resources and the driver-side callbacks.
+"""What every search strategy shares: the study's preparation, its record, Ray, trial resources, the driver-side
+callbacks, and `StudyRun`, the one place where a study's Ray Tune run is set up and driven.
 
-    prepare()  space validated against the model, imatrix checked, reference computed once -> TrialContext
-    init_ray() a local Ray (or the cluster at --address) -> its resources -> trial_resources()
+    prepare()  space validated against the model, imatrix checked, reference computed once -> TrialContext;
+               the study's record (StudyRecord) written beside its rows
+    StudyRun   the prepared study: Ray (started on first use: init_ray), trial resources and concurrency, the
+               trainable, run configs, Tuners for a grid of points or maps and for a searcher, the study's rows
     make_callbacks()  StoreCallback (the store's only writer: one row per finished trial) + live progress lines
 
-The Optuna driver (search.py) and the ablation procedure (ablation.py) both build on this module; neither imports
-the other's internals.
+Every strategy (study/strategies.py) is a function of a StudyRun; none imports another's internals except the
+guided strategy, whose tail is the Optuna driver.
 """
 
 from __future__ import annotations
@@ -16,14 +19,14 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from collections.abc import Mapping, Sequence
 
 from .. import __version__
 from ..core import store
-from ..formats.catalog import load_catalog
+from ..formats.catalog import ModelCatalog, load_catalog
 from ..formats.space import SearchSpace, SpaceError, load_space
 from .trial import MAP_KEY, POINT_KEY, TrialContext
 
@@ -118,7 +121,7 @@ def prepare(opts: SearchOptions, work_dir: Path | None = None) -> TrialContext:
                                           + ([code_reference.key.digest] if code_reference else [])
                                           + (["chat"] if chat else [])
                                           ).encode()).hexdigest()
-    record_study(opts, eval_hash)
+    StudyRecord.of(opts, eval_hash).save(opts.store_dir)
     return TrialContext(
         study=opts.study, source=str(Path(opts.source).resolve()), space=space, eval_text=text, eval_hash=eval_hash,
         reference=reference, imatrix_path=str(Path(opts.imatrix).resolve()) if opts.imatrix else None,
@@ -138,30 +141,118 @@ def study_record_path(store_dir: str | os.PathLike, study: str) -> Path:
     return Path(store_dir) / STUDIES_DIR / f"{store.safe_name(study)}.json"
 
 
-def record_study(opts: SearchOptions, eval_hash: str) -> None:
-    """What a study ran on, beside its rows (<store>/_studies/<study>.json): the space file, source, imatrix, base
-    and evaluation digest, so that `solve` and `verify` need only --store and --study. Each run rewrites it."""
-    from ..core.atomic import write_text
+@dataclass(frozen=True)
+class StudyRecord:
+    """What a study ran on, beside its rows (<store>/_studies/<study>.json), so that `solve`, `verify` and the
+    guided strategy's interaction report need only --store and --study. Every run of the study rewrites it.
 
-    path = study_record_path(opts.store_dir, opts.study)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"study": opts.study, "space_file": str(Path(opts.space_file).resolve()),
-              "source": str(Path(opts.source).resolve()),
-              "imatrix": str(Path(opts.imatrix).resolve()) if opts.imatrix else None,
-              "reference": str(Path(opts.reference).resolve()) if opts.reference else None,
-              "base": opts.base, "eval_hash": eval_hash, "cache_dir": opts.cache_dir, "strategy": opts.strategy}
-    write_text(path, json.dumps(record, indent=1) + "\n")
+    Paths are absolute. The file is the JSON object of these fields; records written by earlier versions (a field
+    missing, or one this version does not know) load too."""
+
+    study: str
+    space_file: str
+    source: str
+    imatrix: str | None = None
+    reference: str | None = None  # the KLD reference model; None: the source itself
+    base: str | None = None  # a preset replacing the space's base (--base)
+    eval_hash: str | None = None  # the digest of the evaluation every row of the study was scored under
+    cache_dir: str | None = None
+    strategy: str | None = None
+
+    @classmethod
+    def of(cls, opts: SearchOptions, eval_hash: str) -> StudyRecord:
+        def absolute(path: str | None) -> str | None:
+            return str(Path(path).resolve()) if path else None
+
+        return cls(study=opts.study, space_file=absolute(opts.space_file), source=absolute(opts.source),
+                   imatrix=absolute(opts.imatrix), reference=absolute(opts.reference), base=opts.base,
+                   eval_hash=eval_hash, cache_dir=opts.cache_dir, strategy=opts.strategy)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "study record") -> StudyRecord:
+        """A record from its JSON object; keys this version does not know are ignored, missing optional ones are
+        None; StudyRecordError when the study, space file or source is missing."""
+        if not isinstance(data, Mapping):
+            raise StudyRecordError(f"{where}: a study record is a JSON object, not {type(data).__name__}")
+        missing = [k for k in ("study", "space_file", "source") if not data.get(k)]
+        if missing:
+            raise StudyRecordError(f"{where}: the study record has no {missing[0]!r}; run the study's search again "
+                                   "to rewrite it, or give --space and --source")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def load(cls, store_dir: str | os.PathLike, study: str) -> StudyRecord:
+        """The record of `study` in the store; StudyRecordError (naming the store's studies) when there is none."""
+        path = study_record_path(store_dir, study)
+        if not path.exists():
+            known = sorted(recorded_studies(store_dir))
+            raise StudyRecordError(f"{store_dir}: no record of study {study!r} (its search writes {path}); studies "
+                                   f"recorded here: {', '.join(known) or 'none'}; give --space and --source for an "
+                                   "older study")
+        return cls.from_dict(_read_json(path), str(path))
+
+    def save(self, store_dir: str | os.PathLike) -> Path:
+        from ..core.atomic import write_text
+
+        path = study_record_path(store_dir, self.study)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps(self.as_dict(), indent=1) + "\n")
+        return path
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def open_space(self) -> tuple[ModelCatalog, SearchSpace]:
+        """The source's catalog and the study's space on it (with the record's base, when it replaced the
+        space's)."""
+        catalog = load_catalog(self.source)
+        space = load_space(self.space_file, catalog)
+        if self.base:
+            space = with_base(space, catalog, self.base)
+        return catalog, space
+
+    def options(self, store_dir: str | os.PathLike, **overrides: Any) -> SearchOptions:
+        """Search options that run more trials of this study as it ran (the same space, source, imatrix, reference,
+        base and cache), with `overrides`."""
+        return SearchOptions(**{
+            "space_file": self.space_file, "source": self.source, "study": self.study, "store_dir": str(store_dir),
+            "imatrix": self.imatrix, "reference": self.reference, "base": self.base, "cache_dir": self.cache_dir,
+            **overrides})
+
+
+class StudyRecordError(SpaceError):
+    """No usable record of a study in a store; the message names the store, the study and the way out."""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StudyRecordError(f"{path}: not a readable study record ({exc}); run the study's search again to "
+                               "rewrite it") from None
+
+
+def recorded_studies(store_dir: str | os.PathLike) -> list[str]:
+    """The studies with a record in the store."""
+    out = []
+    for path in (Path(store_dir) / STUDIES_DIR).glob("*.json"):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        out.append(str(data.get("study", path.stem)) if isinstance(data, Mapping) else path.stem)
+    return out
+
+
+def record_study(opts: SearchOptions, eval_hash: str) -> None:
+    """Write the study's record (StudyRecord.of(opts, eval_hash).save: older callers)."""
+    StudyRecord.of(opts, eval_hash).save(opts.store_dir)
 
 
 def read_study(store_dir: str | os.PathLike, study: str) -> dict[str, Any]:
-    """The record `record_study` wrote; StudyNotFound (naming the store's studies) when there is none."""
-    path = study_record_path(store_dir, study)
-    if not path.exists():
-        known = sorted(json.loads(p.read_text()).get("study", p.stem) for p in (Path(store_dir) / STUDIES_DIR).glob(
-            "*.json"))
-        raise SpaceError(f"{store_dir}: no record of study {study!r} (its search writes {path}); studies recorded "
-                         f"here: {', '.join(known) or 'none'}; give --space and --source for an older study")
-    return json.loads(path.read_text())
+    """The study's record as a dict (StudyRecord.load(...).as_dict(): older callers)."""
+    return StudyRecord.load(store_dir, study).as_dict()
 
 
 def space_imatrix(space: SearchSpace, opts: SearchOptions) -> Path:
@@ -451,25 +542,215 @@ class SearchResult:
     skipped: dict[str, int] = field(default_factory=dict)
 
 
+def measured_rows(store_dir: str | os.PathLike, studies: Sequence[str], eval_hash: str,
+                  strategy: str | None = None) -> list[dict[str, Any]]:
+    """The complete rows of `studies` (of `strategy`, when given) scored under the evaluation `eval_hash`: what
+    a study may reuse instead of measuring again."""
+    return [r for r in store.rows(store_dir, list(studies)) if r["status"] == "complete"
+            and r["eval_hash"] == eval_hash and (strategy is None or r["strategy"] == strategy)]
+
+
+class StudyRun:
+    """A prepared study and its run on Ray Tune: the one place where a strategy's trials are set up and driven.
+
+    `StudyRun.prepare(opts)` validates everything and computes the reference (nothing runs if anything is wrong);
+    Ray starts when something first needs it (`cluster`). A strategy then runs lists of points or maps
+    (`run_points`, `run_maps`: one Tune experiment each) or a searcher (`search_tuner` / `restored_tuner`, then
+    `fit`), and reads what the study measured from the store (`measured`). Each step is a small method, so that
+    what a run needs around its trials (a lock, a time budget, resource limits, quieter logs) goes in one place.
+    """
+
+    def __init__(self, opts: SearchOptions, ctx: TrialContext, resources: Mapping[str, float] | None = None):
+        self.opts = opts
+        self.ctx = ctx
+        self._resources = dict(resources) if resources is not None else None
+        self._cluster: dict[str, float] | None = None
+        self._catalog: ModelCatalog | None = None
+
+    @classmethod
+    def prepare(cls, opts: SearchOptions, work_dir: Path | None = None) -> StudyRun:
+        return cls(opts, prepare(opts, work_dir))
+
+    def derive(self, **changes: Any) -> StudyRun:
+        """The same prepared study run with other options (e.g. the guided strategy's tail: more trials, warm
+        starts, resume); the preparation and Ray are shared, not redone."""
+        other = StudyRun(replace(self.opts, **changes), self.ctx, self._resources)
+        other._cluster, other._catalog = self._cluster, self._catalog
+        return other
+
+    # ---- the study -------------------------------------------------------------------------------------------
+
+    @property
+    def study(self) -> str:
+        return self.opts.study
+
+    @property
+    def space(self) -> SearchSpace:
+        return self.ctx.space
+
+    @property
+    def store_dir(self) -> Path:
+        return Path(self.opts.store_dir).resolve()
+
+    @property
+    def n_trials(self) -> int:
+        """The trial budget: --trials, else the space's search.trials."""
+        return self.opts.trials or self.space.trials
+
+    @property
+    def has_imatrix(self) -> bool:
+        return self.ctx.imatrix_path is not None
+
+    @property
+    def catalog(self) -> ModelCatalog:
+        if self._catalog is None:
+            self._catalog = load_catalog(self.ctx.source)
+        return self._catalog
+
+    def map_of(self, point: Mapping[str, int]):
+        """The precision map of a (partial) point of the space, as trials build it."""
+        return self.space.map_for(self.catalog, point, has_imatrix=self.has_imatrix)
+
+    def measured(self, studies: Sequence[str] | None = None, strategy: str | None = None) -> list[dict[str, Any]]:
+        """Complete rows of this study (or of `studies`) under this evaluation (see measured_rows)."""
+        return measured_rows(self.store_dir, studies or [self.study], self.ctx.eval_hash, strategy)
+
+    def result(self, n_trials: int, skipped: Mapping[str, int] | None = None,
+               experiment: str | None = None) -> SearchResult:
+        return SearchResult(self.study, str(self.store_dir), experiment or self.storage_path, n_trials,
+                            dict(skipped or {}))
+
+    # ---- Ray and resources -----------------------------------------------------------------------------------
+
+    @property
+    def cluster(self) -> dict[str, float]:
+        """The cluster's resources; Ray (local, or --address) is started the first time they are asked for."""
+        if self._cluster is None:
+            self._cluster = init_ray(self.opts)
+        return self._cluster
+
+    @property
+    def resources(self) -> dict[str, float]:
+        """What one trial holds: {"cpu": ..., "gpu": ...} (trial_resources)."""
+        if self._resources is None:
+            self._resources = trial_resources(self.opts, self.cluster)
+        return self._resources
+
+    @property
+    def concurrency(self) -> int:
+        """Trials at once: --max-concurrent, else as many as the cluster's CPUs (and GPUs) hold."""
+        if self.opts.max_concurrent:
+            return self.opts.max_concurrent
+        n = max(1, int(self.cluster.get("CPU", 1) // max(self.opts.cpus_per_trial, 0.01)))
+        if self.resources["gpu"]:
+            n = min(n, max(1, int(self.cluster.get("GPU", 0) / self.resources["gpu"])))
+        return n
+
+    # ---- Tune ------------------------------------------------------------------------------------------------
+
+    @property
+    def storage_path(self) -> str:
+        """Where Tune keeps the study's experiments: --storage-path (shared or s3://), else <store>/_tune."""
+        return self.opts.storage_path or str(self.store_dir / "_tune")
+
+    def experiment_path(self, name: str | None = None) -> str:
+        return self.storage_path.rstrip("/") + "/" + (name or self.study)  # also right for s3://bucket/path
+
+    def trainable(self):
+        """The trial function with the study's context (shipped once through Ray's object store) and resources."""
+        from ray import tune
+
+        from .trial import ray_trainable
+
+        return tune.with_resources(tune.with_parameters(ray_trainable, ctx=self.ctx), self.resources)
+
+    def callbacks(self, strategy: str, labels: Mapping[str, str] | None = None,
+                  extra: Mapping[str, Mapping[str, Any]] | None = None) -> list:
+        return make_callbacks(self.ctx, self.opts, strategy, labels, extra)
+
+    def run_config(self, name: str, callbacks: Sequence, stop=None):
+        from ray import tune
+
+        return tune.RunConfig(name=name, storage_path=self.storage_path, callbacks=list(callbacks), stop=stop,
+                              failure_config=tune.FailureConfig(max_failures=self.opts.max_failures), verbose=0)
+
+    def fit(self, tuner) -> Any:
+        return tuner.fit()
+
+    def run_grid(self, key: str, configs: Sequence[Mapping[str, Any]], name: str, callbacks: Sequence) -> None:
+        """One Tune experiment `name` with a trial per config (under `key`: POINT_KEY or MAP_KEY)."""
+        from ray import tune
+
+        self.fit(tune.Tuner(self.trainable(), param_space={key: tune.grid_search([dict(c) for c in configs])},
+                            tune_config=tune.TuneConfig(reuse_actors=False),
+                            run_config=self.run_config(name, callbacks)))
+
+    def run_points(self, points: Sequence[Mapping[str, int]], strategy: str, phase: str,
+                   labels: Mapping[str, str] | None = None,
+                   extra: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        """Run (partial) points of the space as one experiment, every finished trial a row of `strategy` in the
+        store (`labels` and `extra`: {point_key: label / further columns}). Callers skip points already measured
+        (the store is their memory)."""
+        if points:
+            self.run_grid(POINT_KEY, points, f"{self.study}-{phase}-{int(time.time())}",
+                          self.callbacks(strategy, labels, extra))
+
+    def run_maps(self, specs: Sequence[Mapping[str, Any]], strategy: str) -> SearchResult:
+        """Score fixed maps ({"label", "base", "rules", ...}: llama.cpp presets, a map file) under the space's
+        evaluation as rows of `strategy`; maps whose label this study already measured are not run again."""
+        done = {r["label"] for r in self.measured(strategy=strategy)}
+        todo = [s for s in specs if s["label"] not in done]
+        if todo:
+            self.run_grid(MAP_KEY, todo, f"{self.study}-{strategy}-{int(time.time())}", self.callbacks(strategy))
+        return self.result(len(specs), {"already stored": len(specs) - len(todo)})
+
+    def can_restore(self) -> bool:
+        from ray import tune
+
+        return tune.Tuner.can_restore(self.experiment_path())
+
+    def search_tuner(self, searcher, callbacks: Sequence, num_samples: int, scheduler=None, stop=None):
+        """A new experiment named after the study: `num_samples` trials proposed by `searcher`, at most
+        `concurrency` at once. Refused when the study already has one (resume it instead)."""
+        from ray import tune
+        from ray.tune.search import ConcurrencyLimiter
+
+        if self.can_restore():
+            raise ValueError(f"study {self.study!r} already has an experiment in {self.experiment_path()}: pass "
+                             "--resume to continue it, or choose another --study name")
+        return tune.Tuner(
+            self.trainable(),
+            tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=self.concurrency),
+                                        num_samples=num_samples, scheduler=scheduler, reuse_actors=False),
+            run_config=self.run_config(self.study, callbacks, stop=stop))
+
+    def restored_tuner(self, callbacks: Sequence):
+        """The study's experiment as Tune saved it (its searcher, scheduler and stopper included), unfinished trials
+        resumed, with today's callbacks (they are not part of a Tune checkpoint)."""
+        from ray import tune
+
+        tuner = tune.Tuner.restore(self.experiment_path(), trainable=self.trainable(), resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False, param_space=None)
+        restore_callbacks(tuner, callbacks)
+        return tuner
+
+
+def restore_callbacks(tuner, callbacks: Sequence) -> None:
+    """Callbacks are not part of a Tune checkpoint: put ours back into a restored tuner's run config."""
+    internal = getattr(tuner, "_local_tuner", None)
+    if internal is not None:
+        internal._run_config.callbacks = list(callbacks)
+
+
 def run_points(ctx: TrialContext, opts: SearchOptions, resources, points: Sequence[Mapping[str, int]],
                strategy: str, phase: str, labels: Mapping[str, str] | None = None,
                extra: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-    """Run (partial) points of the space as one Ray Tune experiment (a grid over them), every finished trial a row
-    of `strategy` in the store. Callers skip points already measured (the store is their memory)."""
-    from ray import tune
+    """StudyRun(opts, ctx, resources).run_points(...) (older callers)."""
+    StudyRun(opts, ctx, resources).run_points(points, strategy, phase, labels, extra)
 
-    from .trial import ray_trainable
 
-    if not points:
-        return
-    store_dir = Path(opts.store_dir).resolve()
-    trainable = tune.with_resources(tune.with_parameters(ray_trainable, ctx=ctx), resources)
-    tune.Tuner(
-        trainable,
-        param_space={POINT_KEY: tune.grid_search([dict(p) for p in points])},
-        tune_config=tune.TuneConfig(reuse_actors=False),
-        run_config=tune.RunConfig(
-            name=f"{ctx.study}-{phase}-{int(time.time())}", storage_path=opts.storage_path or str(store_dir / "_tune"),
-            callbacks=make_callbacks(ctx, opts, strategy, labels, extra),
-            failure_config=tune.FailureConfig(max_failures=opts.max_failures), verbose=0),
-    ).fit()
+__all__ = [
+    "SearchOptions", "SearchResult", "StudyRecord", "StudyRecordError", "StudyRun", "eval_text", "init_ray",
+    "make_callbacks", "measured_rows", "point_key", "prepare", "recorded_studies", "space_imatrix",
+    "study_record_path", "trial_resources", "with_base",
+]

@@ -1,11 +1,16 @@
-"""The search driver: Optuna proposes points, Ray Tune runs them as trials, a driver-side callback stores them.
+"""The Optuna strategy: Optuna proposes points, Ray Tune runs them as trials, a driver-side callback stores them;
+and the strategies that score fixed maps (llama.cpp presets, a map file).
 
-    space file + model ──► prepare() ──► TrialContext (reference computed once, shipped through the object store)
+    space file + model ──► StudyRun.prepare ──► TrialContext (reference computed once, shipped through the object store)
                                              │
     StudySearcher (OptunaSearch) ──suggest──► Tuner ──► ray_trainable (trial.py) on CPU or a GPU fraction
         ▲  duplicates answered from known results,            │ reports after every chunk
         │  infeasible (size) points told as infeasible        ▼
         └──────── on_trial_complete: COMPLETE | PRUNED ◄── stopper (dominated / ASHA) ── StoreCallback ─► store/
+
+Objective values are the metric registry's (core.metrics): a trial reports every metric under its name, and a
+stored row gives back the same vector (`metrics.objective_values`), so known results and warm starts match rows of
+every objective (size, speed, mc, ...).
 
 Resume: the Tune experiment lives in <store>/_tune/<study> and the Optuna study in <store>/_optuna/<study>.journal;
 `--resume` restores both, so finished trials are neither lost nor run again.
@@ -18,25 +23,16 @@ from ..native.llama import llama_cpp  # noqa: F401  (first: before numpy)
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 from collections.abc import Mapping
 
-from ..core import store
+from ..core import metrics
+from ..core.compat import former_names
 from ..formats.catalog import load_catalog
-from .run import (  # noqa: F401  (SearchOptions, SearchResult, prepare, ... are this module's API too)
-    SearchOptions, SearchResult, init_ray, make_callbacks, point_key, prepare, trial_resources, with_base,
-)
-# Tune experiments stored before search_runtime.py existed hold callbacks pickled with references to these names in
-# this module (e.g. cerebellum_ray.search._RayMetrics): they stay importable from here so that `--resume` of such an
-# experiment works (checked: an experiment started with the older code resumed with this one; tests/test_search.py).
-from .run import (  # noqa: E402, F401
-    _error_message, _make_progress_callback, _materialize, _RayMetrics, _versions, eval_text,
-)
-from .run import make_callbacks as _make_callbacks  # noqa: E402, F401
 from ..formats.space import SearchSpace
-from .trial import MAP_KEY, TrialContext, ray_trainable
+from .run import SearchOptions, SearchResult, StudyRun, measured_rows, point_key
+from .trial import TrialContext
 
 log = logging.getLogger("cerebellum_ray.search")
 PENALTY = 1e6  # objective value told to Optuna for a point that violates a constraint (never built)
@@ -145,9 +141,7 @@ def warm_start_points(store_dir: str, studies, ctx: TrialContext) -> list[tuple[
     params = {d.param for d in ctx.space.dimensions}
     catalog = None
     out = []
-    for row in store.rows(store_dir, list(studies)):
-        if row["status"] != "complete" or row["eval_hash"] != ctx.eval_hash:
-            continue
+    for row in measured_rows(store_dir, list(studies), ctx.eval_hash):
         if row.get("map"):
             catalog = catalog or load_catalog(ctx.source)
             point = ctx.space.point_of_map(catalog, dict(row["map"]))
@@ -155,9 +149,9 @@ def warm_start_points(store_dir: str, studies, ctx: TrialContext) -> list[tuple[
             point = json.loads(row["params"]) if row["params"] else None
         if point is None or set(point) != params:
             continue
-        metrics = {**row, "size": row["size_bytes"] / 1e9, "mc": row.get("mc_acc")}
-        if all(metrics.get(o) is not None for o in ctx.space.objectives):
-            out.append(({k: int(v) for k, v in point.items()}, [float(metrics[o]) for o in ctx.space.objectives]))
+        values = metrics.objective_values(row, ctx.space.objectives)
+        if values is not None:
+            out.append(({k: int(v) for k, v in point.items()}, values))
     return out
 
 
@@ -215,119 +209,93 @@ def _known_size_quality(space: SearchSpace, values) -> list[tuple[float, float]]
 
 
 def known_results(store_dir: str, study: str, ctx: TrialContext) -> dict[str, list[float]]:
-    """Objective values of every complete row with the same evaluation, by map hash (for duplicate proposals)."""
-    out = {}
-    for row in store.rows(store_dir, [study]):
-        if row["status"] == "complete" and row["eval_hash"] == ctx.eval_hash and row["map_hash"]:
-            metrics = {**row, "size": (row["size_bytes"] or 0) / 1e9, "mc": row.get("mc_acc")}
-            try:
-                out[row["map_hash"]] = [float(metrics[o]) for o in ctx.space.objectives]
-            except (TypeError, KeyError):
-                continue
+    """Objective values of every complete row of the study with the same evaluation, by map hash (duplicate
+    proposals are answered from them). A row without every objective (stored before one was measured) cannot
+    answer and is counted in a warning."""
+    out, lacking = {}, 0
+    for row in measured_rows(store_dir, [study], ctx.eval_hash):
+        values = metrics.objective_values(row, ctx.space.objectives)
+        if values is None:
+            lacking += 1
+        elif row["map_hash"]:
+            out[row["map_hash"]] = values
+    if lacking:
+        log.warning("%d complete rows of study %s lack one of the objectives %s: they are not known results",
+                    lacking, study, ", ".join(ctx.space.objectives))
     return out
 
 
-
 def run_optuna(opts: SearchOptions, strategy: str = "optuna", predict=None) -> SearchResult:
+    """Prepare the study and run (or resume) it with Optuna: see optuna_search."""
+    return optuna_search(StudyRun.prepare(opts), strategy, predict)
+
+
+def optuna_search(run: StudyRun, strategy: str = "optuna", predict=None) -> SearchResult:
     """Run (or resume) an Optuna study on Ray Tune; every finished trial lands in the store as a row of `strategy`.
     `predict`: point -> further columns of its row, computed when the point is proposed (the guided strategy's tail
     stores the surrogate's prediction this way)."""
-    import optuna
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
-    store_dir = Path(opts.store_dir).resolve()
-    ctx = prepare(opts)
-    cluster = init_ray(opts)
-    resources = trial_resources(opts, cluster)
-    space = ctx.space
-    n_trials = opts.trials or space.trials
-    journal = store_dir / "_optuna" / f"{opts.study}.journal"
-    journal.parent.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    space, opts = run.space, run.opts
+    n_trials = run.n_trials
     seed = space.seed if opts.seed is None else opts.seed
-    sampler = (optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, n_trials // 3)))
-               if space.sampler == "nsga2" else optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(
-                   4, n_trials // 4)))
-    Searcher = _make_searcher_class()
-    searcher = Searcher(ctx, known_results(str(store_dir), opts.study, ctx), predict=predict, sampler=sampler,
-                        storage=storage, study_name=opts.study, seed=seed)
-    storage_path = opts.storage_path or str(store_dir / "_tune")
-    experiment = storage_path.rstrip("/") + "/" + opts.study  # also right for s3://bucket/path
-    restoring = opts.resume and tune.Tuner.can_restore(experiment)
+    searcher = _make_searcher_class()(run.ctx, known_results(str(run.store_dir), run.study, run.ctx),
+                                      predict=predict, sampler=_sampler(space, n_trials, seed),
+                                      storage=_journal(run), study_name=run.study, seed=seed)
+    restoring = opts.resume and run.can_restore()
     if opts.warm_start and not restoring:
-        seeds = warm_start_points(str(store_dir), opts.warm_start, ctx)
-        add_finished_trials(searcher._ot_study, space, seeds)
-        for point, values in seeds:
-            searcher.known[space.map_for(load_catalog(ctx.source), point,
-                                         has_imatrix=ctx.imatrix_path is not None).digest] = values
-        print(f"warm start: {len(seeds)} finished trials from {', '.join(opts.warm_start)}", file=sys.stderr)
-    from ray.tune.search import ConcurrencyLimiter
-
-    concurrency = opts.max_concurrent or max(1, int(cluster.get("CPU", 1) // max(opts.cpus_per_trial, 0.01)))
-    if resources["gpu"]:
-        concurrency = min(concurrency, max(1, int(cluster.get("GPU", 0) / resources["gpu"])))
-    quality = space.quality or "kld"
-    scheduler, stopper = None, None
-    if opts.scheduler == "asha":
-        n_chunks = space.evaluation.chunks or 8
-        scheduler = ASHAScheduler(metric=quality, mode="min", time_attr="chunks_done", max_t=n_chunks,
-                                  grace_period=min(2, n_chunks), reduction_factor=3)
-    elif opts.scheduler == "dominance":
-        stopper = _make_dominance_stopper(space, _known_size_quality(space, searcher.known.values()))
-    trainable = tune.with_resources(tune.with_parameters(ray_trainable, ctx=ctx), resources)
-    callbacks = make_callbacks(ctx, opts, strategy, extra=searcher.extra)
+        _warm_start(run, searcher)
+    callbacks = run.callbacks(strategy, extra=searcher.extra)
     if restoring:
-        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False,
-                                   restart_errored=False, param_space=None)
-        _restore_callbacks(tuner, callbacks)
+        tuner = run.restored_tuner(callbacks)
     else:
-        if tune.Tuner.can_restore(experiment) and not opts.resume:
-            raise ValueError(f"study {opts.study!r} already has an experiment in {experiment}: pass --resume to "
-                             "continue it, or choose another --study name")
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
-                                        num_samples=n_trials, scheduler=scheduler, reuse_actors=False),
-            run_config=tune.RunConfig(name=opts.study, storage_path=storage_path, callbacks=callbacks, stop=stopper,
-                                      failure_config=tune.FailureConfig(max_failures=opts.max_failures), verbose=0),
-        )
-    tuner.fit()
-    return SearchResult(opts.study, str(store_dir), experiment, n_trials, dict(searcher.skipped))
+        scheduler, stopper = _early_stopping(run, searcher.known.values())
+        tuner = run.search_tuner(searcher, callbacks, n_trials, scheduler=scheduler, stop=stopper)
+    run.fit(tuner)
+    return run.result(n_trials, searcher.skipped, experiment=run.experiment_path())
 
 
-def _restore_callbacks(tuner, callbacks) -> None:
-    """Callbacks are not part of a Tune checkpoint: put ours back into the restored run config."""
-    internal = getattr(tuner, "_local_tuner", None)
-    if internal is None:
-        return
-    run_config = internal._run_config
-    run_config.callbacks = callbacks
+def _journal(run: StudyRun):
+    """The study's Optuna storage: a journal file beside the store's rows (<store>/_optuna/<study>.journal)."""
+    import optuna
+
+    journal = run.store_dir / "_optuna" / f"{run.study}.journal"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
 
 
-def run_maps(opts: SearchOptions, specs: list[dict[str, Any]], strategy: str) -> SearchResult:
-    """Score fixed maps (llama.cpp presets, a map file) under the space's evaluation, as reference rows."""
-    from ray import tune
+def _sampler(space: SearchSpace, n_trials: int, seed: int):
+    import optuna
 
-    store_dir = Path(opts.store_dir).resolve()
-    ctx = prepare(opts)
-    cluster = init_ray(opts)
-    resources = trial_resources(opts, cluster)
-    done = {r["label"] for r in store.rows(store_dir, [opts.study])
-            if r["status"] == "complete" and r["eval_hash"] == ctx.eval_hash and r["strategy"] == strategy}
-    todo = [s for s in specs if s["label"] not in done]
-    if todo:
-        trainable = tune.with_resources(tune.with_parameters(ray_trainable, ctx=ctx), resources)
-        tune.Tuner(
-            trainable, param_space={MAP_KEY: tune.grid_search(todo)},
-            tune_config=tune.TuneConfig(reuse_actors=False),
-            run_config=tune.RunConfig(name=f"{opts.study}-{strategy}-{int(time.time())}",
-                                      storage_path=opts.storage_path or str(store_dir / "_tune"),
-                                      callbacks=make_callbacks(ctx, opts, strategy),
-                                      failure_config=tune.FailureConfig(max_failures=opts.max_failures), verbose=0),
-        ).fit()
-    return SearchResult(opts.study, str(store_dir), str(store_dir / "_tune"), len(specs), {"already stored": len(
-        specs) - len(todo)})
+    if space.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, n_trials // 3)))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(4, n_trials // 4))
+
+
+def _warm_start(run: StudyRun, searcher) -> None:
+    """Seed a new Optuna study with the measured points of the --warm-start studies (also known results)."""
+    seeds = warm_start_points(str(run.store_dir), run.opts.warm_start, run.ctx)
+    add_finished_trials(searcher._ot_study, run.space, seeds)
+    for point, values in seeds:
+        searcher.known[run.map_of(point).digest] = values
+    print(f"warm start: {len(seeds)} finished trials from {', '.join(run.opts.warm_start)}", file=sys.stderr)
+
+
+def _early_stopping(run: StudyRun, known_values):
+    """(scheduler, stopper) for --scheduler: ASHA on the running quality, the dominance stopper seeded with the
+    known results, or neither."""
+    space = run.space
+    if run.opts.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        quality = space.quality or "kld"
+        n_chunks = space.evaluation.chunks or 8
+        return ASHAScheduler(metric=quality, mode=metrics.metric(quality).direction, time_attr="chunks_done",
+                             max_t=n_chunks, grace_period=min(2, n_chunks), reduction_factor=3), None
+    if run.opts.scheduler == "dominance":
+        return None, _make_dominance_stopper(space, _known_size_quality(space, known_values))
+    return None, None
+
+
+# ---- the strategies that score fixed maps -------------------------------------------------------------------------
 
 
 DEFAULT_PRESETS = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
@@ -347,19 +315,40 @@ def map_file_spec(path: str) -> dict[str, Any]:
             "rules": [[r.pattern, r.type] for r in spec.rules]}
 
 
-def run_search(opts: SearchOptions) -> SearchResult:
-    if opts.strategy == "presets":
-        return run_maps(opts, preset_specs(opts.presets or DEFAULT_PRESETS), "preset")
-    if opts.strategy == "fixed":
-        if not opts.map_file:
-            raise ValueError("--strategy fixed needs --map FILE (a precision map to evaluate)")
-        return run_maps(opts, [map_file_spec(opts.map_file)], "fixed")
-    if opts.strategy == "ablation":
-        from .ablation import run_ablation
+def run_presets(run: StudyRun) -> SearchResult:
+    """Score llama.cpp presets (--presets, default DEFAULT_PRESETS) as reference rows."""
+    return run.run_maps(preset_specs(run.opts.presets or DEFAULT_PRESETS), "preset")
 
-        return run_ablation(opts)
-    if opts.strategy == "guided":
-        from .guided import run_guided
 
-        return run_guided(opts, run_optuna)  # its NSGA-II tail (passed in: guided.py does not import this module)
-    return run_optuna(opts)
+def check_fixed(opts: SearchOptions) -> None:
+    if not opts.map_file:
+        raise ValueError("--strategy fixed needs --map FILE (a precision map to evaluate)")
+
+
+def run_fixed(run: StudyRun) -> SearchResult:
+    """Score one precision map file (--map) as a reference row."""
+    check_fixed(run.opts)
+    return run.run_maps([map_file_spec(run.opts.map_file)], "fixed")
+
+
+def run_maps(opts: SearchOptions, specs: list[dict[str, Any]], strategy: str) -> SearchResult:
+    """StudyRun.prepare(opts).run_maps(specs, strategy) (older callers)."""
+    return StudyRun.prepare(opts).run_maps(specs, strategy)
+
+
+__all__ = ["DEFAULT_PRESETS", "PENALTY", "add_finished_trials", "check_fixed", "known_results", "map_file_spec",
+           "optuna_search", "preset_specs", "run_fixed", "run_optuna", "run_presets", "warm_start_points"]
+
+# Names this module had before the strategy registry and the study run: pickled Tune experiments (callbacks,
+# searchers) and older imports name them here.
+__getattr__ = former_names(__name__, {
+    **{name: f"cerebellum_ray.study.run:{name}" for name in (
+        "_RayMetrics", "_error_message", "_make_progress_callback", "_materialize", "_versions", "eval_text",
+        "init_ray", "make_callbacks", "prepare", "trial_resources", "with_base")},
+    "_make_callbacks": "cerebellum_ray.study.run:make_callbacks",
+    "_restore_callbacks": "cerebellum_ray.study.run:restore_callbacks",
+    "MAP_KEY": "cerebellum_ray.study.trial:MAP_KEY",
+    "ray_trainable": "cerebellum_ray.study.trial:ray_trainable",
+    "run_search": "cerebellum_ray.study.strategies:run_search",
+    "store": "cerebellum_ray.core.store",
+})

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable, Mapping
 
-from ..quant.build import build
+from ..core import metrics
+from ..core.compat import former_names
+from ..quant.build import build_file
 from ..formats.catalog import ModelCatalog, load_catalog
 from ..evaluate.llama_runner import LlamaRunner, RunnerConfig
 from ..formats.precision_map import PrecisionMap
@@ -70,21 +72,24 @@ def _imatrix(path: str | None):
     return load_imatrix(path)
 
 
-def objective_values(metrics: Mapping[str, Any], objectives) -> list[float]:
-    return [float(metrics[o]) for o in objectives]
-
-
-def _metrics(rec: ScoreRecord, size: int, bpw: float, final: bool) -> dict[str, Any]:
+def _text_columns(rec: ScoreRecord, size: int, bpw: float, final: bool) -> dict[str, Any]:
+    """The store columns a scoring record of the text gives (after any chunk)."""
     m = {
-        "size": size / 1e9, "size_bytes": size, "bpw": bpw, "ppl": rec.ppl, "ppl_se": rec.ppl_se,
+        "size_bytes": size, "bpw": bpw, "ppl": rec.ppl, "ppl_se": rec.ppl_se,
         "chunks_done": rec.chunks_done, "n_chunks": rec.n_chunks, "final": final,
-        "pp_tokens_per_s": rec.tokens_per_second, "speed": rec.tokens_per_second,
+        "pp_tokens_per_s": rec.tokens_per_second,
     }
     if rec.kld is not None:
         m.update(kld=rec.kld, kld_se=rec.kld_se, kld_median=rec.kld_median, kld_p90=rec.kld_p90, kld_p99=rec.kld_p99,
                  kld_p999=rec.kld_p999, kld_max=rec.kld_max, same_top=rec.same_top, same_top_se=rec.same_top_se,
                  rms_dp=rec.rms_dp, rms_dp_se=rec.rms_dp_se)
     return m
+
+
+def _named(columns: Mapping[str, Any]) -> dict[str, Any]:
+    """A report: the store columns, and every metric they hold under its name (size in GB, speed, mc, ...), which is
+    what Tune's searcher, schedulers and stoppers read."""
+    return {**columns, **metrics.named_values(columns)}
 
 
 def default_work_dir() -> Path:
@@ -132,15 +137,15 @@ def evaluate_map(ctx: TrialContext, pmap: PrecisionMap, report: Callable[[dict],
     out = work / f"{ctx.study}-{pmap.digest[:16]}-{os.getpid()}.gguf"
     cache = TensorCache(ctx.cache_dir, size_limit=ctx.cache_size)
     t0 = time.perf_counter()
-    report_ = build(ctx.source, pmap, out, imatrix=imatrix, cache=cache, n_threads=ctx.n_threads, sync=False,
-                    page_aligned=True)
+    report_ = build_file(ctx.source, pmap, out, imatrix=imatrix, cache=cache, n_threads=ctx.n_threads, sync=False,
+                         page_aligned=True)
     t1 = time.perf_counter()
     ev = ctx.space.evaluation
     spec = EvalSpec(ctx.eval_text, n_ctx=ev.ctx, n_chunks=ev.chunks, top_k=ev.top_k,
                     tail_samples=getattr(ev, "tail_samples", 0), chat=getattr(ctx, "chat", None))
     # every objective is in every report (Tune checks); those scored after the text (HumanEval, MC) are None until
     # the final report
-    pending = {o: None for o in ctx.space.objectives if o in LATE_OBJECTIVES}
+    pending = {o: None for o in ctx.space.objectives if metrics.metric(o).late}
     base = {**pending, "map_hash": pmap.digest, "build_s": t1 - t0, "node": _node_name(),
             "gpu_ids": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "cached": report_.count("cached"),
             "quantized": report_.count("quantized")}
@@ -153,8 +158,8 @@ def evaluate_map(ctx: TrialContext, pmap: PrecisionMap, report: Callable[[dict],
         final: dict[str, Any] = {}
         try:
             for rec in score_stream(out, spec, ctx.reference, runner=runner):
-                final = {**base, **_metrics(rec, report_.export_size, report_.bits_per_weight, final=False),
-                         "score_s": time.perf_counter() - t2}
+                final = _named({**base, **_text_columns(rec, report_.export_size, report_.bits_per_weight,
+                                                        final=False), "score_s": time.perf_counter() - t2})
                 if not rec.done:
                     report(final)
             final.update(_code_metrics(ctx, out, runner))
@@ -163,14 +168,12 @@ def evaluate_map(ctx: TrialContext, pmap: PrecisionMap, report: Callable[[dict],
         final.update(_task_metrics(ctx, out))
         final["score_s"] = time.perf_counter() - t2
         final["final"] = True
+        final = _named(final)
         report(final)
         return final
     finally:
         if not ctx.keep_files:
             out.unlink(missing_ok=True)
-
-
-LATE_OBJECTIVES = ("kld_code", "ppl_code", "humaneval", "mc")  # scored once per trial, after the text metrics
 
 
 def _code_metrics(ctx: TrialContext, model: Path, runner: LlamaRunner) -> dict[str, Any]:
@@ -205,7 +208,7 @@ def _task_metrics(ctx: TrialContext, model: Path) -> dict[str, Any]:
         if ev.mc:
             items = getattr(ctx, "mc_items", ()) or [it for f in ev.mc for it in load_choice_items(f)]
             mc = score_choices(runner, items)
-            out.update(mc=mc.acc, mc_acc=mc.acc, mc_acc_se=mc.acc_se)
+            out.update(mc_acc=mc.acc, mc_acc_se=mc.acc_se)
     return out
 
 
@@ -236,7 +239,18 @@ def _stored_result(ctx: TrialContext, trial_id: str) -> dict[str, Any] | None:
     row = store.read_row(ctx.store_dir, ctx.study, trial_id)
     if row is None or row["status"] != "complete":
         return None
-    metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    metrics.update(size=row["size_bytes"] / 1e9, mc=row.get("mc_acc"), final=True, from_store=True,
-                   node=row["node"], gpu_ids=row["gpu_ids"], map_hash=row["map_hash"])
-    return {k: v for k, v in metrics.items() if v is not None}
+    numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    result = {**_named(numbers), "final": True, "from_store": True, "node": row["node"], "gpu_ids": row["gpu_ids"],
+              "map_hash": row["map_hash"]}
+    return {k: v for k, v in result.items() if v is not None}
+
+
+__all__ = ["MAP_KEY", "POINT_KEY", "TrialContext", "default_work_dir", "evaluate_map", "evaluate_point",
+           "map_from_spec", "ray_trainable"]
+
+__getattr__ = former_names(__name__, {
+    "LATE_OBJECTIVES": "cerebellum_ray.core.metrics:LATE_NAMES",
+    "objective_values": "cerebellum_ray.core.metrics:objective_values",
+    "_metrics": "cerebellum_ray.study.trial:_text_columns",
+    "build": "cerebellum_ray.quant.build:build",
+})
