@@ -169,3 +169,9 @@ def rows(store_dir: str | os.PathLike, studies: Iterable[str] | None = None) -> 
         if r["map"] is not None:
             r["map"] = dict(r["map"])
     return out
+
+
+__all__ = [
+    "COLUMNS", "FLOAT_COLUMNS", "REFERENCE_STRATEGIES", "SCHEMA", "append", "normalize_row", "read", "read_row",
+    "row_path", "rows", "safe_name"
+]

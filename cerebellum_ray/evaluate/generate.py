@@ -202,3 +202,6 @@ def continuation_logprobs(runner: LlamaRunner, pairs: Sequence[tuple[str, str]])
             mine = lp[owners == i]
             out.append((float(mine.sum()), len(mine)))
     return out
+
+
+__all__ = ["Generation", "HUMANEVAL_STOPS", "continuation_logprobs", "generate_greedy"]

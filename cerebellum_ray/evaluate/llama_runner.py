@@ -341,3 +341,9 @@ class LlamaRunner:
             self.close()
         except Exception:
             pass
+
+
+__all__ = [
+    "LOG_LEVEL_ERROR", "LlamaError", "LlamaRunner", "MAX_CONTEXT", "RunnerConfig", "align_high_level_llama",
+    "gpu_available", "llama_tool_flags", "quiet_llama_logs", "use_extra_buffers"
+]

@@ -211,3 +211,9 @@ def full_kld(ref_logits: np.ndarray, logits: np.ndarray) -> np.ndarray:
     p = ref_logits.astype(np.float64) - log_normalizer(ref_logits)[:, None]
     q = logits.astype(np.float64) - log_normalizer(logits)[:, None]
     return (np.exp(p) * (p - q)).sum(axis=1)
+
+
+__all__ = [
+    "ROWS_PER_BLOCK", "TokenComparison", "TopK", "compare_to_reference", "concat_topk", "full_kld", "llama_median",
+    "llama_percentile", "log_normalizer", "sample_tail_from_logprobs", "target_logprobs", "top_k"
+]

@@ -180,3 +180,10 @@ def reference_from_llama_logits(path: str | os.PathLike, top_k: int, tail_sample
     key = ReferenceKey(digest, tokens_digest(tokens), n_ctx, n_chunk, topk.k, topk.tail_samples)
     ppl = float(np.exp(-np.mean(topk.target_logprob.astype(np.float64))))
     return Reference(key, topk, str(path), ppl, tokens=tokens, n_vocab=n_vocab)
+
+
+__all__ = [
+    "FORMAT_VERSION", "LLAMA_LOGITS_MAGIC", "LLAMA_LOG_PROB_FLOOR", "Reference", "ReferenceKey", "ReferenceMismatch",
+    "default_reference_dir", "llama_logits_record_words", "load_reference", "reference_from_llama_logits",
+    "save_reference", "tokens_digest"
+]

@@ -159,3 +159,9 @@ def score_humaneval(runner: LlamaRunner, model_path: str | Path, limit: int | No
     return HumanEvalScore(n, passed, passed / n, _binomial_se(passed / n, n), sum(g.n_tokens for g in gens), t1 - t0,
                           t2 - t1, tuple((c["task_id"], c["completion"]) for c in completions),
                           tuple((r.task_id, r.passed) for r in results), loops / n)
+
+
+__all__ = [
+    "ChoiceItem", "ChoiceScore", "HumanEvalScore", "TaskError", "chat_prompt", "load_choice_items", "looping",
+    "score_choices", "score_humaneval"
+]

@@ -256,3 +256,9 @@ def catalog_as_dict(cat: ModelCatalog) -> dict[str, Any]:
             for t in cat.tensors
         ],
     }
+
+
+__all__ = [
+    "GROUPS", "GROUP_RULES", "ModelCatalog", "TensorInfo", "catalog_as_dict", "compress_names", "layer_ranges",
+    "load_catalog", "tensor_group", "tensor_layer"
+]

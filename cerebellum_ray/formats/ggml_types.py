@@ -198,3 +198,9 @@ def file_type(name: str) -> FileType:
     if key in FILE_TYPES:
         return FILE_TYPES[key]
     raise TypeNameError(f"unknown llama.cpp preset {name!r}; presets: {', '.join(FILE_TYPES)}")
+
+
+__all__ = [
+    "FALLBACK", "FILE_TYPES", "FILE_TYPES_BY_ID", "FileType", "GGMLType", "QUANTIZABLE", "TYPES", "TYPES_BY_ID",
+    "TypeNameError", "fallback_type", "file_type", "ggml_type", "legal_types"
+]

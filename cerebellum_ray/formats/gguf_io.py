@@ -474,3 +474,11 @@ def split_output_paths(out: str | os.PathLike, n_parts: int) -> list[Path]:
     out = Path(out)
     prefix = out.with_suffix("") if out.suffix == ".gguf" else out
     return [split_path(prefix, i, n_parts) for i in range(n_parts)]
+
+
+__all__ = [
+    "DEFAULT_ALIGNMENT", "GGUFError", "GGUFHeader", "GGUFLayout", "GGUF_MAGIC", "GGUF_VERSION", "KVEntry",
+    "MAX_KV_ARRAY", "PartLayout", "SPLIT_CUT_ALIGNMENT", "SPLIT_KEYS", "TensorEntry", "TensorSlot", "check_layout",
+    "encode_kv", "layout_parts", "model_digest", "model_files", "parse_split_size", "read_header", "split_kv_entries",
+    "split_output_paths", "split_parts", "split_path", "split_ranges", "write_padding"
+]

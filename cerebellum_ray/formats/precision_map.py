@@ -357,3 +357,10 @@ def merge_specs(spec: MapSpec, extra_rules: Sequence[Rule] = (), base: str | Non
         like=like if like is not None else spec.like,
         fallback=spec.fallback if fallback is None else fallback,
     )
+
+
+__all__ = [
+    "Fallback", "MapError", "MapSize", "MapSpec", "PrecisionMap", "Rule", "by_group", "fallback_summary", "load_spec",
+    "merge_specs", "not_expressible", "parse_tensor_type_lines", "resolve", "rules_from_pairs", "spec_from_data",
+    "tensor_bytes", "to_tensor_type_lines"
+]

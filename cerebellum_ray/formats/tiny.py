@@ -547,3 +547,10 @@ def make_tiny_imatrix(model_path: str | os.PathLike, out_path: str | os.PathLike
         chunk_count=chunk_count, chunk_size=chunk_size,
     )
     return out_path
+
+
+__all__ = [
+    "GEMMA4", "GEMMA4_26B_A4B", "Gemma4Shape", "LLAMA", "LLAMA_270M", "LlamaShape", "MATRIX_DTYPES", "MIXTRAL",
+    "REAL_VOCAB", "SHAPES", "SPECIAL_TOKENS", "TINY_ARCHS", "TensorList", "TinyError", "Vocab", "make_tiny",
+    "make_tiny_imatrix", "padded_vocab", "tiny_vocab", "to_bf16"
+]

@@ -415,3 +415,12 @@ def device_name(gpu: bool) -> str:
             return names[0]
     cpu = [n for kind, n in devs if kind == "CPU"]
     return f"CPU: {cpu[0]}" if cpu and cpu[0] else "CPU"
+
+
+__all__ = [
+    "DEVICE_TYPES", "GGML_MAX_DIMS", "GGML_MAX_NAME", "GGML_MAX_OP_PARAMS", "GGML_MAX_SRC", "GGML_OP_MUL_MAT",
+    "GGML_OP_MUL_MAT_ID", "GGML_TENSOR_OFFSETS", "GGML_TENSOR_SIZE", "GGML_TYPE_F32", "GGML_TYPE_I32", "GgmlAbiError",
+    "GgmlTensor", "block_size", "check_op_enums", "check_tensor_layout", "cpu_extra_buffer_types", "device_name",
+    "devices", "element_size", "llama_quantize", "quantize_init", "quantize_rows", "requires_imatrix", "tensor_array",
+    "tensor_at", "tensor_name", "tensor_nrows", "to_float", "type_name", "type_size", "validate_rows"
+]

@@ -149,3 +149,6 @@ def quantize_tensor(
             for fut in [pool.submit(work, *r) for r in ranges]:
                 fut.result()
     return out
+
+
+__all__ = ["CHUNK_ELEMENTS", "QuantJob", "QuantizeError", "check_job", "quantize_array", "quantize_tensor"]

@@ -215,3 +215,9 @@ def _verify(f: BinaryIO, n_bytes: int) -> str:
     if _checksum(iter(lambda: f.read(_READ_STEP), b"")) != digest:
         return "checksum mismatch"
     return ""
+
+
+__all__ = [
+    "CacheHit", "CacheWarning", "DEFAULT_SIZE_LIMIT", "DIGEST_ALGORITHM", "ENTRY_HEADER", "TensorCache",
+    "default_cache_dir", "entry_key"
+]

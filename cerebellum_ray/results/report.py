@@ -192,3 +192,6 @@ def write_report(store_dir: str, study: str, out: str) -> Path:
     with atomic_output(out) as f:
         f.write(page.encode())
     return Path(out)
+
+
+__all__ = ["ablation_sensitivities", "budget", "write_report"]
