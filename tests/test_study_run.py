@@ -4,6 +4,8 @@ registry's refusals, trial resources and concurrency, a derived run sharing its 
 import llama_cpp  # noqa: F401  (before numpy)
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,18 @@ def test_a_missing_or_broken_record_is_refused_naming_the_studies_there(tmp_path
     broken.write_text(json.dumps({"study": "broken", "space_file": "/s.yaml"}))
     with pytest.raises(StudyRecordError, match="has no 'source'"):
         StudyRecord.load(tmp_path, "broken")
+
+
+def test_the_registry_is_data_the_command_line_can_read_for_help():
+    """Listing the strategies imports neither Ray, Optuna, numpy nor llama.cpp; every entry names a function."""
+    code = ("import sys, json; import cerebellum_ray.study.strategies as s; "
+            "print(json.dumps([list(s.STRATEGIES), sorted(sys.modules)]))")
+    names, loaded = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                              text=True).stdout)
+    assert names == list(STRATEGIES)
+    assert not set(loaded) & {"numpy", "ray", "optuna", "llama_cpp", "pyarrow"}
+    for s in STRATEGIES.values():
+        assert callable(s.run) and (s.check is None or callable(s.check)) and s.summary
 
 
 def test_the_registry_refuses_before_preparing_anything(tmp_path):

@@ -2,20 +2,22 @@
 
 A strategy is a function of a StudyRun returning its SearchResult; `check` refuses options it cannot run with before
 the study is prepared (preparing computes the reference). Adding one is adding an entry here.
+
+The table is data: each function is named by "module:function" and imported when its strategy runs, so the command
+line can list the strategies (names and summaries for `--help`) without importing Ray, Optuna or llama.cpp.
 """
 
 from __future__ import annotations
 
-from ..native.llama import llama_cpp  # noqa: F401  (first: before numpy)
-
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..core.errors import CerebellumError
-from .ablation import run_ablation
-from .guided import run_guided
-from .run import SearchOptions, SearchResult, StudyRun
-from .search import check_fixed, optuna_search, run_fixed, run_presets
+
+if TYPE_CHECKING:
+    from .run import SearchOptions, SearchResult, StudyRun
 
 
 class StrategyError(CerebellumError):
@@ -25,18 +27,37 @@ class StrategyError(CerebellumError):
 @dataclass(frozen=True)
 class Strategy:
     name: str
-    run: Callable[[StudyRun], SearchResult]
+    runs: str  # "module:function", the function a StudyRun -> SearchResult
     summary: str  # one line for people
-    check: Callable[[SearchOptions], None] | None = None  # refuses options before anything is prepared
+    checks: str | None = None  # "module:function" refusing options (SearchOptions) before anything is prepared
+
+    @property
+    def run(self) -> Callable[[StudyRun], SearchResult]:
+        return _resolve(self.runs)
+
+    @property
+    def check(self) -> Callable[[SearchOptions], None] | None:
+        return _resolve(self.checks) if self.checks else None
+
+
+def _resolve(target: str) -> Any:
+    module, _, name = target.partition(":")
+    if module.startswith("."):
+        from ..native.llama import llama_cpp  # noqa: F401  (first: the strategies load numpy)
+
+        module = __package__ + module
+    return getattr(importlib.import_module(module), name)
 
 
 # In the order the command line lists them (the recommended one first).
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
-    Strategy("guided", run_guided, "prior, sensitivities, a surrogate and an exact budget solver, then NSGA-II"),
-    Strategy("optuna", optuna_search, "Optuna's NSGA-II or TPE (the space's search.sampler)"),
-    Strategy("ablation", run_ablation, "the model card's ablation procedure from the space's base preset"),
-    Strategy("presets", run_presets, "llama.cpp presets (--presets) scored as reference points"),
-    Strategy("fixed", run_fixed, "one precision map file (--map) scored as a reference point", check=check_fixed),
+    Strategy("guided", ".guided:run_guided",
+             "prior, sensitivities, a surrogate and an exact budget solver, then NSGA-II"),
+    Strategy("optuna", ".search:optuna_search", "Optuna's NSGA-II or TPE (the space's search.sampler)"),
+    Strategy("ablation", ".ablation:run_ablation", "the model card's ablation procedure from the space's base preset"),
+    Strategy("presets", ".search:run_presets", "llama.cpp presets (--presets) scored as reference points"),
+    Strategy("fixed", ".search:run_fixed", "one precision map file (--map) scored as a reference point",
+             checks=".search:check_fixed"),
 )}
 
 
@@ -52,6 +73,8 @@ def run_search(opts: SearchOptions) -> SearchResult:
     chosen = strategy(opts.strategy)
     if chosen.check is not None:
         chosen.check(opts)
+    from .run import StudyRun
+
     return chosen.run(StudyRun.prepare(opts))
 
 
