@@ -14,8 +14,8 @@ __all__ = ["COMMANDS", "cmd_export", "cmd_pareto", "cmd_report", "cmd_verify", "
 
 
 def _pareto_arguments(p: argparse.ArgumentParser) -> None:
-    metrics = ["size", "bpw", "kld", "kld_p999", "same_top", "ppl", "kld_code", "ppl_code", "humaneval", "mc",
-               "speed", "gen_speed"]  # pareto.OBJECTIVES, listed here so --help stays instant
+    from ..core.metrics import NAMES as metrics  # the registry is standard library only: --help stays instant
+
     p.add_argument("--x", choices=metrics, default="size", help="metric on the x axis (size)")
     p.add_argument("--y", action="append", choices=metrics,
                    help="metric(s) on the y axis (repeatable: two give a 3-objective front; default kld); each "
@@ -46,7 +46,8 @@ def fronts_report(store_dir: str, studies: list[str] | None, *, x: str = "size",
     """The fronts of `studies` (all: None) on x and y, their hypervolumes, comparisons, knees and reference points,
     and the plots written: what `pareto` prints (people) or dumps (--json)."""
     from ..core.atomic import check_destination, refuse_store_files
-    from ..predict.fronts import OBJECTIVES, compare_fronts, compute_fronts, knee_point, rows_for_fronts
+    from ..core.metrics import SIZE_AXES, columns as metric_columns
+    from ..predict.fronts import compare_fronts, compute_fronts, knee_point, rows_for_fronts
 
     plots = list(plots or [])
     for path in plots:
@@ -59,7 +60,7 @@ def fronts_report(store_dir: str, studies: list[str] | None, *, x: str = "size",
         raise CerebellumError(f"--x and --y name the same metric twice: {objectives}")
     search, refs = rows_for_fronts(store_dir, studies)
     search, refs = _within_size(search, max_bpw, max_gb), _within_size(refs, max_bpw, max_gb)
-    if colour is None and len(objectives) == 2 and not {"size", "bpw"} & set(objectives):
+    if colour is None and len(objectives) == 2 and not set(SIZE_AXES) & set(objectives):
         colour = "bpw"  # a front of two qualities: size as colour
     fronts = compute_fronts(search + refs if include_references else search, objectives, group_by=by)
     if plots:
@@ -70,7 +71,7 @@ def fronts_report(store_dir: str, studies: list[str] | None, *, x: str = "size",
     comparisons = [{"a": a.study, "b": b.study, **compare_fronts(a, b)}
                    for i, a in enumerate(fronts) for b in fronts[i + 1:]]
     columns = tuple(dict.fromkeys(("trial_id", "strategy", "label", "size_bytes", "bpw", "kld", "kld_se", "ppl",
-                                   "ppl_se", "humaneval", *(OBJECTIVES[o][0] for o in objectives))))
+                                   "ppl_se", "humaneval", *metric_columns(objectives))))
     return {
         "objectives": objectives, "group_by": by, "colour": colour,
         "fronts": [{"name": f.study, "hypervolume": f.hypervolume, "hypervolume_fraction": f.hypervolume_fraction,
@@ -86,10 +87,10 @@ def fronts_report(store_dir: str, studies: list[str] | None, *, x: str = "size",
 
 def print_fronts(result: dict) -> None:
     """The people output of `pareto`."""
-    from ..predict.fronts import OBJECTIVES
+    from ..core.metrics import metric
 
     objectives = result["objectives"]
-    columns = [c for c in ("bpw", "size_bytes", "kld", "ppl", "humaneval", *(OBJECTIVES[o][0] for o in objectives))]
+    columns = ["bpw", "size_bytes", "kld", "ppl", "humaneval", *(metric(o).column for o in objectives)]
     shown = list(dict.fromkeys(columns))
     for f in result["fronts"]:
         print(f"\n{result['group_by']} {f['name']}: {f['n_points']} points on the front of {' / '.join(objectives)}, "
@@ -106,7 +107,7 @@ def print_fronts(result: dict) -> None:
     refs = result["references"]
     if refs:
         print("\nreference points: " + ", ".join(
-            f"{r['label']} ({r['bpw']:.3f} bpw, " + ", ".join(f"{o} {cell(r.get(OBJECTIVES[o][0]))}"
+            f"{r['label']} ({r['bpw']:.3f} bpw, " + ", ".join(f"{o} {cell(r.get(metric(o).column))}"
                                                               for o in objectives if o not in ("size", "bpw")) + ")"
             for r in refs))
     _print_predictions(result["predictions"], result["departures"])

@@ -19,7 +19,9 @@ __all__ = ["COMMANDS", "cmd_demo", "cmd_prior", "cmd_search", "cmd_solve"]
 def _search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", required=True, help="search space YAML (see search_spaces/README.md)")
     p.add_argument("--source", required=True, help="the full-precision source GGUF (same path on every node)")
-    p.add_argument("--strategy", choices=["guided", "optuna", "ablation", "presets", "fixed"], default="optuna",
+    from ..study.strategies import STRATEGIES
+
+    p.add_argument("--strategy", choices=list(STRATEGIES), default="optuna",
                    help="guided (recommended: prior, sensitivities, a surrogate and an exact budget solver; see the "
                         "README), optuna (NSGA-II/TPE), the card's ablation procedure, llama.cpp presets as reference "
                         "points, or one fixed map (--map)")
@@ -46,7 +48,7 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_search(args) -> int:
-    from ..study.search import run_search
+    from ..study.strategies import run_search
 
     with stdout_to_stderr(args.json):
         result = run_search(_search_options(args))
@@ -110,12 +112,12 @@ def _solve_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_solve(args) -> int:
     from ..native.llama import llama_cpp  # noqa: F401  (before numpy)
     from ..formats.catalog import load_catalog
-    from ..study.run import read_study
+    from ..study.run import StudyRecord
     from ..results.recommend import make_budget, solve_study, verify_solution, within
 
     catalog = None
     if args.vram_gb is not None:
-        source = args.source or read_study(args.store, args.study)["source"]
+        source = args.source or StudyRecord.load(args.store, args.study).source
         catalog = load_catalog(source)
     budget = make_budget(args.max_bpw, args.max_gb, args.vram_gb, args.context, catalog)
     result = solve_study(args.store, args.study, budget, space_file=args.space, source=args.source,
@@ -174,7 +176,8 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_demo(args) -> int:
     """The whole service on the embedded tiny MoE: local Ray on CPU, llama.cpp presets as reference points, an
     Optuna search, then the Pareto front, its plot and the store's path."""
-    from ..study.search import SearchOptions, run_search
+    from ..study.run import SearchOptions
+    from ..study.strategies import run_search
     from ..formats.tiny import make_tiny, make_tiny_imatrix
 
     work = Path(args.workdir).resolve()
@@ -201,7 +204,7 @@ def cmd_demo(args) -> int:
 
 
 def _search_options(args):
-    from ..study.search import SearchOptions
+    from ..study.run import SearchOptions
 
     return SearchOptions(
         space_file=args.space, source=args.source, study=args.study, store_dir=args.store, strategy=args.strategy,
