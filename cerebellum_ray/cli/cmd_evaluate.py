@@ -163,7 +163,7 @@ def _humaneval_check_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_humaneval_check(args) -> int:
     """0 when the checks ran (whatever they found), 1 when no safe sandbox can run here, 2 for a bad input file."""
     from ..evaluate.humaneval import check_completions, load_problems, read_completions, summarize
-    from ..evaluate.sandbox import sandbox_isolation
+    from ..evaluate.sandbox.probe import sandbox_isolation
 
     problems = load_problems(path=args.problems)
     samples = read_completions(args.completions, (p.task_id for p in problems))
@@ -274,7 +274,8 @@ COMMANDS = (
             cmd_score, shared=(json_option(),)),
     Command("humaneval-check", "run HumanEval completions (JSONL samples) in the sandbox and score pass@k",
             _humaneval_check_arguments, cmd_humaneval_check,
-            description="Run each completion against its HumanEval tests in a sandbox and report pass@k (k = 1, 10, "
+            description="Run each completion in a sandbox, judged against its HumanEval tests by a separate trusted "
+                        "process, and report pass@k (k = 1, 10, "
                         "100 where every task has that many samples). Exit status 0 whatever the tests say; 1 if no "
                         "safe sandbox can run here; 2 for an unusable input file.",
             shared=(json_option("machine-readable per-sample results and totals"),)),

