@@ -41,9 +41,9 @@ def source_text(module: str) -> str:
     return (HERE / f"{module}.py").read_text(encoding="utf-8")
 
 
-def launcher(modules: tuple[str, ...], entry: str) -> str:
-    """``python -c`` text that loads `modules` (in order) from their source as a package, then calls
-    ``<entry>.main(sys.argv[1:])``. The sources travel as literals: no file of the project is read there."""
+def loader_source(modules: tuple[str, ...]) -> str:
+    """Python source that loads `modules` (in order) from their source text as one package, bound to `pkg`: their
+    relative imports work, and no file of the project is read where it runs (the texts travel as literals)."""
     sources = tuple((name, source_text(name)) for name in modules)
     return (
         "import sys, types\n"
@@ -58,8 +58,13 @@ def launcher(modules: tuple[str, ...], entry: str) -> str:
         "        exec(compile(text, name + '.py', 'exec'), module.__dict__)\n"
         "        setattr(pkg, name, module)\n"
         "    return pkg\n"
-        f"_load({PACKAGE_IN_SANDBOX!r}, {sources!r}).{entry}.main(sys.argv[1:])\n"
+        f"pkg = _load({PACKAGE_IN_SANDBOX!r}, {sources!r})\n"
     )
+
+
+def launcher(modules: tuple[str, ...], entry: str) -> str:
+    """``python -c`` text: load `modules`, then call ``<entry>.main(sys.argv[1:])``."""
+    return loader_source(modules) + f"pkg.{entry}.main(sys.argv[1:])\n"
 
 
 def sandboxed_argv(plan: Plan, modules: tuple[str, ...], entry: str, args: list[str], site: bool = True) -> list[str]:
