@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from cerebellum_ray.evaluate.sandbox import judge as judge_module
-from cerebellum_ray.evaluate.sandbox.supervise import HERE, loader_source
+from cerebellum_ray.evaluate.sandbox.supervise import HERE, loader_source, source_text
 from cerebellum_ray.evaluate.sandbox.wire import MAX_DEPTH, Opaque, WireError, decode, encode, frame
 
 # the modules that run inside a sandbox (the program's, the judge's) or before it (the bootstrap)
@@ -64,15 +64,15 @@ def test_sandbox_side_loads_from_source_with_nothing_of_the_project(modules, tmp
     assert not any(m.startswith("cerebellum_ray") for m in loaded)
 
 
-def test_bootstrap_runs_as_a_file_and_reports_setup_errors(tmp_path):
-    """python -I -S bootstrap.py CONFIG: an impossible setup step comes back on the status pipe, exit 126."""
+def test_the_bootstrap_reports_setup_errors(tmp_path):
+    """python -I -S -c <bootstrap.py> CONFIG: an impossible setup step comes back on the status pipe, exit 126."""
     import marshal
 
     status_r, status_w = os.pipe()
     cfg = {"status_fd": status_w, "program": "absent.py", "unshare": 0, "mounts": False, "workdir": str(tmp_path),
            "uid": None, "gid": None, "no_new_privs": False, "tmpfs_dirs": [], "workdir_bytes": 0, "tmpfs_bytes": 0,
            "rlimits": [], "argv": ["/bin/true"]}
-    proc = subprocess.run([sys.executable, "-I", "-S", str(HERE / "bootstrap.py"), marshal.dumps(cfg).hex()],
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", source_text("bootstrap"), marshal.dumps(cfg).hex()],
                           cwd=tmp_path, pass_fds=(status_w,), timeout=60)
     os.close(status_w)
     with os.fdopen(status_r, "rb") as f:

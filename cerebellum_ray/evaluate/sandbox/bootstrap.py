@@ -1,8 +1,8 @@
 """The sandbox's bootstrap: sets up the isolation of one sandboxed process, then execs its interpreter.
 
-Run as ``python -I -S bootstrap.py CONFIG`` by the caller's own interpreter (as root when privileges are dropped),
-from the working directory of the run; nothing of this project is imported (the standard library only: a test
-checks it). CONFIG is a marshalled dict in hex (same interpreter on both sides; json would cost more than the rest
+Run as ``python -I -S -c <this file's text> CONFIG`` by the caller's own interpreter (as root when privileges are
+dropped), from the working directory of the run; nothing of this project is imported (the standard library only: a
+test checks it). CONFIG is a marshalled dict in hex (same interpreter on both sides; json would cost more than the rest
 of the bootstrap), made by ``supervise.bootstrap_argv``:
 
   status_fd     pipe for a setup error (closed on exec: EOF alone means the exec succeeded)
@@ -23,6 +23,8 @@ import marshal
 import os
 import resource
 import sys
+
+__all__ = ["main"]
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
     1, 2, 4, 8, 32, 4096, 16384, 1 << 18)

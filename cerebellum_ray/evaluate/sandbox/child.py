@@ -25,6 +25,8 @@ import sys
 
 from .wire import WireError, decode, encode, frame
 
+__all__ = ["guard", "main", "run_program", "serve"]
+
 PR_SET_DUMPABLE = 4
 _FATAL = (SystemExit, KeyboardInterrupt, GeneratorExit)
 

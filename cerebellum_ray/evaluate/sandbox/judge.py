@@ -103,8 +103,8 @@ class Channel:
             f"time limit of {self.per_call:g} s per call"
         self.fail("timeout", "timeout", f"{which} exceeded")
 
-    def send(self, value):
-        data = frame(encode(value, strict=True))
+    def send(self, data):
+        """Write one framed message, within the run's deadline."""
         while data:
             left = self.deadline - time.monotonic()
             if left <= 0:
@@ -141,11 +141,11 @@ class Channel:
         cid = self.next_id
         request = ("call", cid, name, tuple(args), dict(kwargs))
         try:
-            encode(request, strict=True)
+            data = frame(encode(request, strict=True))
         except (TypeError, WireError) as e:
             self.fail("error", "design_limit", "design limit: the test passes an argument that cannot be sent to "
                       f"the program ({e})")
-        self.send(request)
+        self.send(data)
         return self._result(cid, args, self.receive(self.per_call))
 
     def _result(self, cid, args, message):

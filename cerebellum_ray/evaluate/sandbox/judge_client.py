@@ -80,7 +80,7 @@ class JudgeServer:
                     self._start(plan)
                 try:
                     return self._send(payload, fds)
-                except (OSError, EOFError, ValueError):
+                except (OSError, EOFError):
                     self._stop()  # it died (a program of the same user can kill it without root): once more
             raise RuntimeError("the judge server does not answer")
 
@@ -89,10 +89,10 @@ class JudgeServer:
         socket.send_fds(self._sock, [len(payload).to_bytes(8, "big")], fds)
         self._sock.sendall(payload)
         head, got, _, _ = socket.recv_fds(self._sock, 8, 1)
-        if len(head) != 8 or not got:
-            for fd in got:
-                os.close(fd)
-            raise ValueError("the judge server refused the job")
+        if len(head) != 8:
+            raise EOFError("the judge server closed its socket")
+        if not got:
+            raise RuntimeError("the judge server could not fork a judge (too many at once for its process limit)")
         return ForkedJudge(int.from_bytes(head, "big"), got[0])
 
     def _forget_if_forked(self) -> None:
@@ -122,8 +122,8 @@ class JudgeServer:
         # server and every judge of it together
         rlimit_list = [("CPU", _INF, _INF), ("AS", 1 << 30, _INF), ("FSIZE", 1 << 20, 1 << 20),
                        ("NOFILE", 256, 256), ("CORE", 0, 0)]
-        if uid is not None:
-            rlimit_list.append(("NPROC", 64, 64))
+        if uid is not None:  # the server and its judges (one per concurrent run), threads of a test included
+            rlimit_list.append(("NPROC", 256, 256))
         argv = sandboxed_argv(plan, ("wire", "judge", "judge_server"), "judge_server", [str(theirs.fileno())],
                               site=False)
         try:

@@ -22,6 +22,8 @@ import sys
 from .judge import judge
 from .wire import WireError, decode, encode, frame
 
+__all__ = ["main", "serve"]
+
 PR_SET_DUMPABLE = 4
 MAX_JOB_BYTES = 64 << 20
 
@@ -118,10 +120,12 @@ def serve(sock):
             job, fds = _receive_job(sock)
         except (EOFError, OSError):
             return  # the parent is gone: so are we
-        pid, pidfd = 0, -1
+        pid, pidfd = 0, -1  # 0: refused (an unusable job, or no fork possible now: RLIMIT_NPROC)
         try:
             if job is not None:
                 pid, pidfd = _fork_judge(sock, job, fds)
+        except OSError:
+            pass
         finally:
             for fd in fds:
                 os.close(fd)

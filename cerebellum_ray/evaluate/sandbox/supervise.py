@@ -1,9 +1,11 @@
 """The one way a sandboxed process is started and supervised: the bootstrap, its output, the deadline, the kill.
 
 Every process that runs in the sandbox (a whole program, a program that answers a judge, the judge server) starts
-here: ``python -I -S bootstrap.py CONFIG`` (the caller's interpreter) sets up the isolation and execs the sandboxed
-interpreter, ``python -I -B -c <launcher>``, which loads the sandbox-side modules of this package from their source
-text (nothing of the project is importable or even readable there) and calls one module's ``main``. A run then
+here: the bootstrap (bootstrap.py's text, run by the caller's interpreter as ``python -I -S -c``) sets up the
+isolation and execs the sandboxed interpreter, ``python -I -B -c <launcher>``, which loads the sandbox-side modules
+of this package from their source text (nothing of the project is importable or even readable there) and calls one
+module's ``main``. The texts are read once per process: every run of a process uses the same code, whatever
+happens to the files meanwhile. A run then
 collects stdout and stderr (bounded, head and tail kept), waits for its end (the program's exit, or the judge's
 verdict pipe), and kills everything it started: the process group, and (with a sandbox uid) every process of the
 uid, including those that left the group with ``setsid()``. Nothing the program writes anywhere is parsed here.
@@ -31,7 +33,6 @@ from .uids import kill_uid, pids_of_uid
 __all__ = ["Outcome", "run_sandboxed", "sandboxed_argv", "start_sandboxed"]
 
 HERE = Path(__file__).resolve().parent
-BOOTSTRAP = HERE / "bootstrap.py"
 PACKAGE_IN_SANDBOX = "cerebellum_sandbox"  # what the launcher calls the package it loads from source
 
 
@@ -94,7 +95,7 @@ def bootstrap_argv(plan: Plan, workdir: str, uid: int | None, limits: SandboxLim
         "workdir_bytes": limits.workdir_bytes, "tmpfs_bytes": limits.tmpfs_bytes, "rlimits": rlimit_list,
         "argv": argv,
     }
-    return [sys.executable, "-I", "-S", str(BOOTSTRAP), marshal.dumps(cfg).hex()]
+    return [sys.executable, "-I", "-S", "-c", source_text("bootstrap"), marshal.dumps(cfg).hex()]
 
 
 def make_workdir(uid: int | None, plan: Plan, prefix: str = "crsbx-") -> str:
