@@ -22,7 +22,7 @@ from cerebellum_ray.evaluate.humaneval import (
 )
 from cerebellum_ray.evaluate.sandbox.config import SandboxLimits
 from cerebellum_ray.evaluate.sandbox.probe import sandbox_isolation
-from cerebellum_ray.evaluate.sandbox.uids import sandbox_uid_processes
+from cerebellum_ray.evaluate.sandbox.uids import unclaimed_sandbox_processes
 
 N_PROBLEMS = 164
 
@@ -64,15 +64,15 @@ def empty_run(problems):
 def no_strays_after():
     """Every test must leave no live process of a sandbox uid behind."""
     yield
-    assert sandbox_uid_processes() == []
+    assert unclaimed_sandbox_processes() == []
 
 
 def _zombies_gone(wait_s: float = 20.0) -> list[int]:
     """Sandbox-uid zombies left once init has had `wait_s` to reap them (it reaps orphans, not us)."""
     end = time.monotonic() + wait_s
-    while sandbox_uid_processes(zombies=True) and time.monotonic() < end:
+    while unclaimed_sandbox_processes(zombies=True) and time.monotonic() < end:
         time.sleep(0.05)
-    return sandbox_uid_processes(zombies=True)
+    return unclaimed_sandbox_processes(zombies=True)
 
 
 # ---- problems ------------------------------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def test_fork_bomb_is_contained(problem, isolation):
     assert not res.passed and res.status in ("failed", "killed", "timeout")
     if isolation.uid_drop:
         assert "Resource temporarily unavailable" in res.detail  # RLIMIT_NPROC stopped it
-    assert sandbox_uid_processes() == []  # nothing alive the moment the result is back
+    assert unclaimed_sandbox_processes() == []  # nothing alive the moment the result is back
     assert _zombies_gone() == []
 
 
@@ -162,7 +162,7 @@ def test_processes_escaping_the_group_are_killed(problem, isolation):
     )
     res = check_program(problem, completion, timeout=5.0)
     assert res.status == "passed", res.detail
-    assert sandbox_uid_processes() == []
+    assert unclaimed_sandbox_processes() == []
     assert _zombies_gone() == []
 
 

@@ -283,3 +283,32 @@ def test_the_prompt_helpers_and_the_global_name_are_the_judges():
 def test_a_problem_that_does_not_load_is_an_error():
     verdict = _judge_with([], test="def check(candidate:\n")
     assert (verdict["status"], verdict["reason"]) == ("error", "judge_error")
+
+
+# ---- leftovers -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a process of a sandbox uid)")
+def test_a_leftover_is_a_process_of_a_uid_no_run_holds():
+    """What the no-strays checks count: a process of a program uid is a leftover once no run holds the uid."""
+    from cerebellum_ray.evaluate.sandbox.uids import (kill_uid, sandbox_uid_processes, take_uid,
+                                                      unclaimed_sandbox_processes)
+
+    lease = take_uid(sys.executable)
+    uid = lease.uid
+    code = (f"import os, time\nos.setgroups([])\nos.setresgid({uid}, {uid}, {uid})\n"
+            f"os.setresuid({uid}, {uid}, {uid})\ntime.sleep(120)\n")
+    sleeper = subprocess.Popen([sys.executable, "-I", "-S", "-c", code])
+    try:
+        deadline = time.monotonic() + 30
+        while sleeper.pid not in sandbox_uid_processes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sleeper.pid in sandbox_uid_processes()
+        assert sleeper.pid not in unclaimed_sandbox_processes()  # a run (ours) holds the uid
+        lease.release()
+        assert sleeper.pid in unclaimed_sandbox_processes()
+    finally:
+        lease.release()
+        kill_uid(uid, sys.executable)
+        sleeper.wait()
+    assert sleeper.pid not in unclaimed_sandbox_processes()

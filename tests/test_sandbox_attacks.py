@@ -19,7 +19,7 @@ from cerebellum_ray.evaluate.humaneval import Problem, check_program, load_probl
 from cerebellum_ray.evaluate.sandbox.config import judge_uids
 from cerebellum_ray.evaluate.sandbox.judge_client import judge_server, shutdown_judge_server
 from cerebellum_ray.evaluate.sandbox.probe import sandbox_isolation
-from cerebellum_ray.evaluate.sandbox.uids import pids_of_uid, sandbox_uid_processes
+from cerebellum_ray.evaluate.sandbox.uids import pids_of_uid, unclaimed_sandbox_processes
 
 TIMEOUT = 4.0
 
@@ -235,7 +235,7 @@ def isolation():
 @pytest.fixture(autouse=True)
 def no_strays_after():
     yield
-    assert sandbox_uid_processes() == []
+    assert unclaimed_sandbox_processes() == []
 
 
 def _run(problems, completion, task="HumanEval/0", timeout=TIMEOUT):

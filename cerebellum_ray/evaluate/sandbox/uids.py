@@ -24,12 +24,14 @@ from pathlib import Path
 
 from .config import SAFE_PATH, judge_uids, program_uids
 
-__all__ = ["UidLease", "judge_uid_processes", "kill_uid", "sandbox_uid_processes", "take_uid"]
+__all__ = ["UidLease", "judge_uid_processes", "kill_uid", "sandbox_uid_processes", "take_uid",
+           "unclaimed_sandbox_processes"]
 
 
-def pids_of_uids(uids: set[int], zombies: bool = False) -> list[int]:
-    """Processes whose real, effective or saved uid is in `uids` (a scan of /proc); zombies only if asked."""
-    pids = []
+def processes_by_uid(uids: set[int], zombies: bool = False) -> dict[int, list[int]]:
+    """{uid: pids} of the processes whose real, effective or saved uid is in `uids` (one scan of /proc); zombies
+    only if asked."""
+    found: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -39,9 +41,15 @@ def pids_of_uids(uids: set[int], zombies: bool = False) -> list[int]:
         except (OSError, ValueError):
             continue  # exited meanwhile
         dead = fields.get("State", "Z").split()[0] in ("Z", "X")
-        if (zombies or not dead) and uids.intersection(map(int, fields.get("Uid", "").split()[:3])):
-            pids.append(int(entry))
-    return pids
+        if zombies or not dead:
+            for uid in uids.intersection(map(int, fields.get("Uid", "").split()[:3])):
+                found.setdefault(uid, []).append(int(entry))
+    return found
+
+
+def pids_of_uids(uids: set[int], zombies: bool = False) -> list[int]:
+    """Processes whose real, effective or saved uid is in `uids` (a scan of /proc); zombies only if asked."""
+    return sorted({pid for pids in processes_by_uid(uids, zombies).values() for pid in pids})
 
 
 def pids_of_uid(uid: int, zombies: bool = False) -> list[int]:
@@ -52,6 +60,19 @@ def sandbox_uid_processes(zombies: bool = False) -> list[int]:
     """Processes of any program uid. Between runs no live one exists; zombies (already dead, waiting for init
     to reap them) may linger for a moment after a program that forked."""
     return pids_of_uids(set(program_uids()), zombies)
+
+
+def unclaimed_sandbox_processes(zombies: bool = False) -> list[int]:
+    """Leftovers: processes of a program uid whose slot no live run holds (its lock is free). Unlike
+    sandbox_uid_processes, not confused by the runs other processes on this machine have under way."""
+    directory = lock_dir()
+    left = []
+    for uid, pids in processes_by_uid(set(program_uids()), zombies).items():
+        fd = try_lock(directory, uid)
+        if fd >= 0:  # nobody runs as this uid now: whatever lives is left over
+            os.close(fd)
+            left += pids
+    return sorted(left)
 
 
 def judge_uid_processes(zombies: bool = False) -> list[int]:
