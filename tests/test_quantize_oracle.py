@@ -118,3 +118,27 @@ def test_to_float_copies_f32_and_converts_f16_into_any_contiguous_shape():
         out = np.full((2, 4), 99.0, np.float32)
         _ggml.to_float(type_id, np.frombuffer(raw, np.uint8), w.size, out)
         np.testing.assert_array_equal(out, w.astype(np.float16).astype(np.float32) if type_id else w)
+
+
+def test_the_imatrix_weighted_table_is_ggmls():
+    """IMATRIX_WEIGHTED lists exactly the types whose ggml quantizer gives other bytes with an importance vector
+    (surgery asks for the file's imatrix only when a recast tensor's type is one of them)."""
+    import numpy as np
+
+    from cerebellum_ray.formats.ggml_types import IMATRIX_WEIGHTED, TYPES
+
+    rng = np.random.default_rng(0)
+    n = 512
+    rows = rng.standard_normal((4, n)).astype(np.float32)
+    weights = (rng.random(n) * 10 + 0.01).astype(np.float32)
+    weighted = set()
+    for name, t in TYPES.items():
+        if not t.quantizable or name == "F32" or n % t.block_size:
+            continue
+        _ggml.quantize_init(t.id)
+        plain, with_weights = (np.zeros(t.row_bytes(n) * 4, np.uint8) for _ in range(2))
+        _ggml.quantize_rows(t.id, rows, plain, np.ones(n, np.float32) if t.needs_imatrix else None)
+        _ggml.quantize_rows(t.id, rows, with_weights, weights)
+        if (plain != with_weights).any():
+            weighted.add(name)
+    assert weighted == set(IMATRIX_WEIGHTED)

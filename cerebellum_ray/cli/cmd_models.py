@@ -183,17 +183,26 @@ def cmd_surgery(args) -> int:
 
     if not args.out and not args.dry_run:
         raise SurgeryError("--out OUT.gguf is required (it may be the input file), or ask for --dry-run")
-    imatrix = load_imatrix_arg(args)
+    from ..results.surgery import surgery_imatrix
+
+    imatrix_path = surgery_imatrix(args.model, args.set, args.imatrix)  # the file's own, by default
+    imatrix = None
+    if imatrix_path:
+        from ..formats.imatrix import load_imatrix
+
+        imatrix = load_imatrix(imatrix_path)
     if args.out:
         from ..core.atomic import refuse_inputs
 
-        refuse_inputs(args.out, {"imatrix": args.imatrix})
+        refuse_inputs(args.out, {"imatrix": imatrix_path})
     report = surgery(args.model, args.set, args.out, imatrix=imatrix, dry_run=args.dry_run,
                      n_threads=args.threads, n_gpu_layers=args.n_gpu_layers)
     if args.json:
-        print_json(report.as_dict())
+        print_json({**report.as_dict(), "imatrix": imatrix_path})
     else:
         print(format_surgery(report))
+        if imatrix_path and not args.imatrix:
+            print(f"imatrix: {imatrix_path} (the one the file was built with, from its card)")
     return 0
 
 

@@ -120,9 +120,16 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     which.add_argument("--trial", help="a trial id (or a label such as a preset name)")
     which.add_argument("--pick", choices=["knee"], help="the knee of the (size, KLD) front")
     which.add_argument("--max-size", help="the lowest-KLD trial no larger than this (e.g. 11.7GB)")
-    p.add_argument("--source", required=True, help="the full-precision source the study ran on")
+    p.add_argument("--source", help="the full-precision source the study ran on")
     p.add_argument("--out", required=True, help="FINAL.gguf (FINAL.recipe and FINAL.card.json beside it; the three "
                                                 "appear together or not at all)")
+    p.add_argument("--plain", action="store_true",
+                   help="no cerebellum.* keys (provenance goes to the card), laid out as llama-quantize writes: for "
+                        "a map llama-quantize can express, its file byte for byte")
+    p.add_argument("--base-model", metavar="ORG/NAME",
+                   help="the Hugging Face repository the source was converted from (README.md's base_model; "
+                        "default: the source's general.* keys, when they name one)")
+    p.add_argument("--quantized-by", metavar="NAME", help="README.md's quantized_by (default: cerebellum-ray)")
     add_split_option(p)
 
 
@@ -130,20 +137,31 @@ def cmd_export(args) -> int:
     from ..results.export import export
     from ..core.units import parse_size
 
+    from ..results.card import CardOptions
+    from ..core.units import value_text
+
     max_size = parse_size(args.max_size, "--max-size") if args.max_size else None
     result = export(args.store, args.source, args.out, studies=args.study, trial=args.trial, pick=args.pick,
                     max_size=max_size, imatrix_path=args.imatrix, cache_dir=args.cache_dir,
-                    split_max_bytes=split_size(args))
+                    split_max_bytes=split_size(args), plain=args.plain,
+                    card=CardOptions(base_model=args.base_model, quantized_by=args.quantized_by))
     row = result["row"]
     summary = {"out": result["out"], "parts": result["parts"], "recipe": result["recipe"], "card": result["card"],
                "file_size": result["file_size"], "trial_id": row["trial_id"], "study": row["study"],
-               "kld": row["kld"], "kld_se": row["kld_se"], "ppl": row["ppl"], "bpw": row["bpw"]}
+               "kld": row["kld"], "kld_se": row["kld_se"], "ppl": row["ppl"], "bpw": row["bpw"],
+               "readme": result["readme"], "modelfile": result["modelfile"], "plain": result["plain"],
+               **result["inputs"]}
     if args.json:
         print_json(summary)
     else:
-        print(f"exported trial {row['trial_id']} of study {row['study']} ({row['bpw']:.3f} bpw, kld {row['kld']:.5f} "
-              f"+/- {row['kld_se'] or 0:.5f}, ppl {row['ppl']:.3f}):\n  {', '.join(result['parts'])} "
-              f"({human(result['file_size'])})\n  {result['recipe']}\n  {result['card']}")
+        inputs = result["inputs"]
+        imatrix = f"imatrix {inputs['imatrix']}" if inputs["imatrix"] else "no imatrix"
+        print(f"exported trial {row['trial_id']} of study {row['study']} ({row['bpw']:.3f} bpw, kld "
+              f"{value_text(row['kld'], row['kld_se'])}, ppl {value_text(row['ppl'], row['ppl_se'], 3)}), built "
+              f"from {inputs['source']} with {imatrix}, as the trial was:\n  {', '.join(result['parts'])} "
+              f"({human(result['file_size'])}{', plain: no cerebellum.* keys' if result['plain'] else ''})\n"
+              f"  {result['recipe']}\n  {result['card']}\n  {result['readme']} (Hugging Face model card)\n"
+              f"  {result['modelfile']} (ollama create NAME -f {result['modelfile']})")
     return 0
 
 
@@ -152,7 +170,7 @@ def _verify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--front-on", default="size,kld",
                    help="stored metrics the front is taken on, e.g. size,kld,kld_code (default size,kld)")
     p.add_argument("--trial", action="append", help="a trial id or label instead of the front (repeatable)")
-    p.add_argument("--source", required=True, help="the source the study ran on (each map is built from it)")
+    p.add_argument("--source", help="the source the study ran on (each map is built from it)")
     p.add_argument("--metrics", default="humaneval", help="comma-separated: humaneval,mc (humaneval)")
     p.add_argument("--limit", type=positive, help="HumanEval problems (a deterministic spread; default all 164)")
     p.add_argument("--reference", help="the model compared with on the same problems (default: the source)")
@@ -180,12 +198,22 @@ def cmd_verify(args) -> int:
     keep = ("trial_id", "label", "bpw", "size_bytes", "kld", "ppl", "humaneval", "humaneval_se", "humaneval_n",
             "humaneval_delta", "humaneval_delta_se", "humaneval_mcnemar_p", "humaneval_loops", "mc_acc", "mc_acc_se")
     if args.json:
-        print_json({"study": args.study, "reference": args.reference or args.source,
+        print_json({"study": args.study, "reference": args.reference or _verified_source(rows, args),
                      "rows": [{k: r.get(k) for k in keep} for r in rows]})
         return 0
-    print(f"\nstudy {args.study}: {len(rows)} trials verified against {args.reference or args.source}; values "
+    against = args.reference or _verified_source(rows, args)
+    print(f"\nstudy {args.study}: {len(rows)} trials verified against {against}; values "
           f"stored with their rows in {args.store}")
     return 0
+
+
+def _verified_source(rows: list[dict], args) -> str | None:
+    """The source the members were built from (and compared with): --source, else the study's."""
+    if args.source:
+        return args.source
+    from ..results.inputs import study_record
+
+    return (study_record(args.store, args.study) or {}).get("source")
 
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:
@@ -266,11 +294,19 @@ COMMANDS = (
             cmd_pareto, shared=(store_option(), studies_option("studies to include (repeatable; default: all)"),
                                 json_option())),
     Command("export", "build the chosen trial's map from the source, with a recipe and a card", _export_arguments,
-            cmd_export, shared=(store_option(), studies_option("studies to choose from (default: all)"),
+            cmd_export, description=(
+                "Build the chosen trial's map from the source and imatrix the study recorded (the file its trial "
+                "scored, tensor for tensor), with FINAL.recipe, FINAL.card.json, README.md (a Hugging Face model "
+                "card) and an ollama Modelfile beside it, all written together. --source and --imatrix default to "
+                "the study's; another file must have the same digest (both digests are named otherwise)."),
+            shared=(store_option(), studies_option("studies to choose from (default: all)"),
                                 imatrix_option("the imatrix the study used"), cache_dir_option("tensor cache to reuse"),
                                 json_option())),
     Command("verify", "score a study's front (or named trials) with HumanEval / multiple choice, paired against "
                       "the reference model; values stored with the rows", _verify_arguments, cmd_verify,
+            description=("Build each member's map from the source and imatrix the study recorded (--source and "
+                         "--imatrix default to them; another file must have the same digest), score it with "
+                         "HumanEval / multiple choice and store the values with its row."),
             shared=(store_option(), study_option(), imatrix_option("the imatrix the study used"),
                     cache_dir_option("tensor cache to reuse"), json_option())),
     Command("report", "one HTML page: front, maps, ablation sensitivities, budget", _report_arguments, cmd_report,

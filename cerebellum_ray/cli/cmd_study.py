@@ -101,6 +101,7 @@ def _solve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", choices=["kld", "kld_code"], default="kld",
                    help="what the map minimizes: KLD on the study's text (default) or on its code corpus")
     p.add_argument("--out-map", help="write the map (every tensor -> type) as JSON, for build --map")
+    p.add_argument("--imatrix", help="the imatrix (default: the study's; another must have its digest)")
     p.add_argument("--verify", action="store_true", help="measure the map as one trial of the study (one new row)")
     p.add_argument("--space", help="the space file (default: the one recorded with the study)")
     p.add_argument("--source", help="the source model (default: the one recorded with the study)")
@@ -121,24 +122,27 @@ def cmd_solve(args) -> int:
         catalog = load_catalog(source)
     budget = make_budget(args.max_bpw, args.max_gb, args.vram_gb, args.context, catalog)
     result = solve_study(args.store, args.study, budget, space_file=args.space, source=args.source,
-                         warm_start=tuple(args.warm_start or ()), metric=args.metric)
-    if args.out_map:
-        from ..core.atomic import write_text
-
-        write_text(args.out_map, json.dumps(dict(result.map), indent=1) + "\n")
+                         warm_start=tuple(args.warm_start or ()), metric=args.metric, imatrix=args.imatrix)
     if args.verify:
         with stdout_to_stderr(args.json):
             row = verify_solution(args.store, result, space_file=args.space, source=args.source,
                                   num_cpus=args.num_cpus, cpus_per_trial=args.cpus_per_trial,
-                                  gpus_per_trial=args.gpus_per_trial)
+                                  gpus_per_trial=args.gpus_per_trial, imatrix=args.imatrix)
         m = result.metric
         result = replace(result, verified={"trial_id": row["trial_id"], "kld": row["kld"], "kld_se": row["kld_se"],
                                            "kld_code": row["kld_code"], "kld_code_se": row["kld_code_se"],
                                            "ppl": row["ppl"], "within_2se": row[m] is not None
                                            and within(result.predicted, row[m], metric=m)})
+    answer = result.answer
+    if args.out_map:  # the answer's map: a measured row's when it beats the solved map
+        from ..core.atomic import write_text
+
+        write_text(args.out_map, json.dumps(answer["map"], indent=1) + "\n")
     if args.json:
         print_json(result.as_dict())
         return 0
+    from ..core.units import value_text
+
     fit = result.fit
     print(f"study {result.study}, budget {result.budget}: the surrogate's best map (fitted on {fit['rows']} rows, "
           f"leave-one-out Spearman {fit['loo_spearman']:.2f}, {len(fit['interactions'])} interactions; "
@@ -146,23 +150,45 @@ def cmd_solve(args) -> int:
     print(f"  size {human(result.size_bytes)} ({result.size_bytes} bytes as one file), {result.bpw:.4f} bits per "
           f"weight")
     m, label = result.metric, _SOLVE_LABELS[result.metric]
-    print(f"  predicted {label} {result.predicted[m]:.5f} +/- {result.predicted[m + '_se']:.5f}"
+    print(f"  predicted {label} {value_text(result.predicted[m], result.predicted[m + '_se'])}"
           + _predicted_others(result.predicted, m) + f"  (the map minimizes the {label})")
     if result.measured is not None:
         measured = result.measured.get(m)
         print(f"  measured (trial {result.measured_trial}): {label} "
-              + ("not scored" if measured is None else
-                 f"{measured:.5f} +/- {result.measured.get(m + '_se') or 0:.5f}"))
+              + ("not scored" if measured is None else value_text(measured, result.measured.get(m + '_se') or 0)))
     else:
         print("  this exact map was never measured (--verify measures it)")
     if result.verified is not None:
         v = result.verified
-        print(f"  verified now (trial {v['trial_id']}): {label} {v[m]:.5f} +/- {v[m + '_se'] or 0:.5f}, "
+        print(f"  verified now (trial {v['trial_id']}): {label} {value_text(v[m], v[m + '_se'] or 0)}, "
               f"{'within' if v['within_2se'] else 'outside'} 2 standard errors of the prediction")
     print("  choices: " + ", ".join(f"{p}={t}" for p, t in result.choices.items()))
+    print(_answer_line(answer, label))
     if args.out_map:
         print(f"  map written to {args.out_map} (build --map {args.out_map})")
     return 0
+
+
+_ANSWER_FROM = {"solved": "the solved map, as predicted", "verified": "the solved map, as verified now",
+                "measured": "the measured trial"}
+
+
+def _answer_line(answer: dict, label: str) -> str:
+    """Which map solve recommends and why: the better of the solved map and the best measured row in the budget."""
+    from ..core.units import value_text
+
+    def name(a: dict) -> str:
+        who = _ANSWER_FROM[a["from"]] + (f" {a['trial_id']}" if a["from"] == "measured" else "")
+        return who + (f" ({a['label']})" if a.get("label") else "") + f", {a['bpw']:.4f} bpw"
+
+    head = f"answer: {name(answer)}: {label} {value_text(answer['value'], answer['se'])}"
+    versus = answer["versus"]
+    if versus is None:
+        return head + " (no other measured row fits the budget)" if answer["from"] == "solved" else head
+    clear = versus["better_by"] > 2 * versus["better_by_se"]
+    return (head + f"; lower than {name(versus)} ({value_text(versus['value'], versus['se'])}) by "
+            f"{versus['better_by']:.5f} +/- {versus['better_by_se']:.5f}"
+            + ("" if clear else " (less than 2 standard errors: no clear difference)"))
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -238,9 +264,11 @@ def _print_study_summary(summary: dict, store_dir: str) -> None:
           f"({', '.join(f'{n} {s}' for s, n in sorted(summary['by_status'].items()))})")
     print(f"Pareto front (size vs mean KLD), {len(summary['front'])} points:")
     print(f"  {'trial':<22} {'strategy':<9} {'bpw':>7} {'size':>12} {'kld':>10} {'+/-':>8} {'ppl':>10}  label")
+    from ..core.units import value_text
+
     for r in summary["front"]:
-        print(f"  {r['trial_id']:<22} {r['strategy']:<9} {r['bpw']:>7.3f} {r['size_bytes']:>12} {r['kld']:>10.5f} "
-              f"{r['kld_se'] or 0:>8.5f} {r['ppl']:>10.3f}  {r['label'] or ''}")
+        print(f"  {r['trial_id']:<22} {r['strategy']:<9} {r['bpw']:>7.3f} {r['size_bytes']:>12} "
+              f"{value_text(r['kld']):>10} {r['kld_se'] or 0:>8.5f} {r['ppl']:>10.3f}  {r['label'] or ''}")
     print(f"store: {store_dir}")
 
 

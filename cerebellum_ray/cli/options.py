@@ -157,10 +157,13 @@ def print_json(data: Any) -> None:
 
 
 def cell(v) -> str:
+    """A table cell: 5 significant digits, a float that is noise around 0 (the reference's KLD, -3e-10) as 0."""
+    from ..core.units import near_zero
+
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.5g}"
+        return "0" if near_zero(v) else f"{v:.5g}"
     return str(v)
 
 

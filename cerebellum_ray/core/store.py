@@ -65,6 +65,8 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("chunks_done", pa.int32(), "text chunks scored (less than n_chunks for a pruned trial)"),
     ("n_chunks", pa.int32(), "text chunks of the evaluation"),
     ("eval_hash", pa.string(), "digest of the evaluation settings (text, context, chunks, K, reference)"),
+    ("source_digest", pa.string(), "the source the trial's GGUF was built from (cerebellum.source_digest)"),
+    ("imatrix_digest", pa.string(), "the importance matrix it was built with (its vectors' digest; none: without)"),
     ("pp_tokens_per_s", _F, "prompt-processing tokens per second while scoring the text (objective `speed`)"),
     ("gen_tokens_per_s", _F, "generation tokens per second (HumanEval), when it generated"),
     ("device", pa.string(), "what scored it: CPU, or the GPU's name"),

@@ -89,6 +89,13 @@ QUANTIZABLE: tuple[str, ...] = tuple(
 # needs_imatrix follows llama.cpp's tensor_requires_imatrix (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS): ggml
 # itself aborts the process for IQ1_S, IQ2_XXS and IQ2_XS without one, and llama.cpp calls the others garbage.
 
+# Types whose quantizer weighs the rounding error by the importance vector (ggml_quantize_chunk with quant_weights):
+# an imatrix changes their bytes; the others (F16, BF16, Q8_0, TQ*, MXFP4, NVFP4, Q1_0, Q2_0) ignore it. Checked
+# against ggml itself (tests/test_quantize_oracle.py).
+IMATRIX_WEIGHTED: frozenset[str] = frozenset({
+    "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S",
+    "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "IQ1_M"})
+
 # llama.cpp's row-length fallback (src/llama-quant.cpp tensor_type_fallback): a type whose block does not divide the
 # row length is replaced by the type on the right; if that does not fit either, F16.
 FALLBACK: dict[str, str] = {

@@ -293,10 +293,13 @@ def llama_quantize(
     n_threads: int = 0,
     allow_requantize: bool = True,
     pure: bool = False,
+    kv_overrides: list[tuple[str, str | int]] | None = None,
 ) -> None:
     """Run llama.cpp's llama_model_quantize (what llama-quantize does) through llama-cpp-python's bindings.
 
-    `imatrix` maps tensor names to float32 vectors; `overrides` are (regex, ggml type id) pairs as --tensor-type.
+    `imatrix` maps tensor names to float32 vectors; `overrides` are (regex, ggml type id) pairs as --tensor-type;
+    `kv_overrides` are (key, str or int) pairs written after general.file_type, as llama-quantize passes its
+    quantize.imatrix.* keys and --override-kv (ints are written as UINT32 by this llama.cpp).
     Raises RuntimeError when llama.cpp reports a failure.
     """
     from .llama import llama_cpp
@@ -326,6 +329,18 @@ def llama_quantize(
         tts[len(overrides)].pattern = None
         keep.append(tts)
         params.tt_overrides = tts
+    if kv_overrides:
+        kvs = (llama_cpp.llama_model_kv_override * (len(kv_overrides) + 1))()  # zeroed: the last one ends the list
+        for i, (key, value) in enumerate(kv_overrides):
+            kvs[i].key = key.encode()
+            if isinstance(value, str):
+                kvs[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+                kvs[i].value.val_str = value.encode()[:127]
+            else:
+                kvs[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+                kvs[i].value.val_i64 = int(value)
+        keep.append(kvs)
+        params.kv_overrides = kvs
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize({src} -> {dst}, ftype {ftype_id}) failed with code {rc}")

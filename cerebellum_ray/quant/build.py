@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,11 @@ from .tensor_cache import TensorCache, entry_key
 
 PROVENANCE_PREFIX = "cerebellum."
 _REPLACED_KEYS = ("general.quantization_version", "general.file_type", "general.alignment")
+# What llama-quantize writes about its --imatrix (tools/quantize/quantize.cpp, as key/value overrides after
+# general.file_type): the file name as given, the first dataset, the entry and chunk counts.
+IMATRIX_KEYS = ("quantize.imatrix.file", "quantize.imatrix.dataset", "quantize.imatrix.entries_count",
+                "quantize.imatrix.chunks_count")
+_IMATRIX_VALUE_BYTES = 127  # llama-quantize copies at most this many bytes of a string override
 # A trial's scratch build puts tensor data on page boundaries (general.alignment = 4096, as GGUF allows): cached
 # tensors (tensor_cache.ENTRY_HEADER) can then be reflinked into it by filesystems that share blocks. Costs under 4 KiB
 # of padding per tensor (0.2 % of Gemma 3 270M, 0.02 % of a 12 GB Gemma 4 26B build). Files for users keep GGUF's
@@ -75,6 +81,31 @@ class Provenance:
             enc(PROVENANCE_PREFIX + "map_digest", self.map_digest, GGUFValueType.STRING),
             enc(PROVENANCE_PREFIX + "map_base", self.map_base, GGUFValueType.STRING),
         ]
+
+
+@dataclass(frozen=True)
+class PlainFile:
+    """Lay the file out as llama-quantize writes it, with no provenance keys (`build --plain`, `export --plain`):
+    tensors in llama.cpp's order (llama_model_loader's weight_name_comparer: tensors outside blocks first, then by
+    block number, each by name), the source's key/values with general.quantization_version and general.file_type
+    moved to the end, and, with an imatrix, llama-quantize's quantize.imatrix.* keys naming it `imatrix_name` (the
+    name as given to --imatrix: llama-quantize run from the imatrix's directory). For a map llama-quantize can
+    express, the file is then llama-quantize's byte for byte."""
+
+    imatrix_name: str | None = None
+
+
+_BLOCK_NUMBER = re.compile(r"blk\.\s*([+-]?[0-9]+)")
+
+
+def llama_tensor_order(names: Sequence[str]) -> list[int]:
+    """Indices of `names` in the order llama.cpp's quantizer writes tensors: sscanf("blk.%d.") as the first key
+    (-1 when a name does not start so), then the name's bytes."""
+    def key(i: int) -> tuple[int, bytes]:
+        m = _BLOCK_NUMBER.match(names[i])
+        return (int(m.group(1)) if m else -1, names[i].encode())
+
+    return sorted(range(len(names)), key=key)
 
 
 @dataclass(frozen=True)
@@ -117,6 +148,20 @@ class _Plan:
     alignment: int
     source: str = ""
     imatrix_digest: str = "none"
+    order: tuple[int, ...] = ()  # the catalog's tensor indices in file order (empty: the source's order)
+    plain: bool = False  # no provenance keys (PlainFile)
+    extra_kv: tuple[bytes, ...] = ()  # written after general.file_type (PlainFile's quantize.imatrix.* keys)
+
+    def tensor_index(self, slot: int) -> int:
+        """The catalog index of the tensor in file position `slot`."""
+        return self.order[slot] if self.order else slot
+
+    def kv_entries(self, provenance: Provenance) -> list[bytes]:
+        if self.plain:
+            enc = gguf_io.encode_kv
+            return [*self.kv_raw, enc("general.quantization_version", 2, GGUFValueType.UINT32),
+                    enc("general.file_type", self.file_type, GGUFValueType.UINT32), *self.extra_kv]
+        return self.kv_raw + provenance.kv_entries(self.file_type, self.alignment)
 
 
 def _file_type_for(pmap: PrecisionMap) -> int:
@@ -159,7 +204,49 @@ def check_imatrix_fits(catalog: ModelCatalog, imatrix, path: str) -> None:
         raise BuildError(f"--imatrix {path}: {exc}") from None
 
 
-def plan_build(source: str | os.PathLike, pmap: PrecisionMap, imatrix=None, page_aligned: bool = False) -> _Plan:
+def source_kv(catalog: ModelCatalog) -> list[bytes]:
+    """The source's key/values a build copies (raw, in file order): all but the ones it writes itself (quantization
+    version, file type, alignment) and earlier provenance."""
+    return [e.raw for e in catalog.kv_entries
+            if e.key not in _REPLACED_KEYS and not e.key.startswith(PROVENANCE_PREFIX)]
+
+
+def _plain_kv(catalog: ModelCatalog) -> list[bytes]:
+    """The source's key/values as llama-quantize copies them (gguf_set_kv, then general.quantization_version and
+    general.file_type re-set, i.e. moved to the end; split keys removed), without provenance keys. A
+    general.alignment of 32 stays where it is (the output is aligned so); another is left out, as every build for
+    people is aligned at 32."""
+    keep = []
+    for e in catalog.kv_entries:
+        if e.key in ("general.quantization_version", "general.file_type") or e.key.startswith(PROVENANCE_PREFIX):
+            continue
+        if e.key == "general.alignment" and e.value != gguf_io.DEFAULT_ALIGNMENT:
+            continue
+        keep.append(e.raw)
+    return keep
+
+
+def _imatrix_kv(imatrix, name: str | None) -> tuple[bytes, ...]:
+    """llama-quantize's key/values about the imatrix it was given as `name`."""
+    if imatrix is None:
+        return ()
+
+    def text(value: str) -> str:
+        return value.encode()[:_IMATRIX_VALUE_BYTES].decode("utf-8", errors="ignore")
+
+    enc = gguf_io.encode_kv
+    file_key, dataset_key, entries_key, chunks_key = IMATRIX_KEYS
+    out = [enc(file_key, text(name or "imatrix.gguf"), GGUFValueType.STRING)]
+    if imatrix.datasets:
+        out.append(enc(dataset_key, text(imatrix.datasets[0]), GGUFValueType.STRING))
+    out.append(enc(entries_key, len(imatrix.entries), GGUFValueType.UINT32))
+    if imatrix.chunk_count > 0:
+        out.append(enc(chunks_key, imatrix.chunk_count, GGUFValueType.UINT32))
+    return tuple(out)
+
+
+def plan_build(source: str | os.PathLike, pmap: PrecisionMap, imatrix=None, page_aligned: bool = False,
+               plain: PlainFile | None = None) -> _Plan:
     """Everything checked and laid out, nothing written: raises BuildError/QuantizeError on any bad input."""
     catalog = load_catalog(source)
     unknown = [n for n in pmap.types if n not in catalog.by_name]
@@ -176,49 +263,54 @@ def plan_build(source: str | os.PathLike, pmap: PrecisionMap, imatrix=None, page
                 check_job(job, vec)
             except QuantizeError as exc:
                 raise BuildError(str(exc)) from None
-    kv_raw = [
-        e.raw for e in catalog.kv_entries if e.key not in _REPLACED_KEYS and not e.key.startswith(PROVENANCE_PREFIX)
-    ]
+    if plain is not None and page_aligned:
+        raise BuildError("a plain file is laid out as llama-quantize writes it (32-byte alignment), not page-aligned")
     return _Plan(
         catalog=catalog,
-        kv_raw=kv_raw,
+        kv_raw=source_kv(catalog) if plain is None else _plain_kv(catalog),
         jobs=jobs,
         vectors=vectors,
         file_type=_file_type_for(pmap),
         alignment=PAGE_ALIGNMENT if page_aligned else gguf_io.DEFAULT_ALIGNMENT,
         source=str(source),
         imatrix_digest=imatrix.digest if imatrix is not None else "none",
+        order=() if plain is None else tuple(llama_tensor_order([t.name for t in catalog.tensors])),
+        plain=plain is not None,
+        extra_kv=() if plain is None else _imatrix_kv(imatrix, plain.imatrix_name),
     )
 
 
 def _slots(plan: _Plan) -> list[gguf_io.TensorSlot]:
-    return [gguf_io.TensorSlot(t.name, t.shape, ggml_type(j.dst_type).id, t.bytes_as(j.dst_type))
-            for t, j in zip(plan.catalog.tensors, plan.jobs)]
+    out = []
+    for k in range(len(plan.jobs)):
+        i = plan.tensor_index(k)
+        t, j = plan.catalog.tensors[i], plan.jobs[i]
+        out.append(gguf_io.TensorSlot(t.name, t.shape, ggml_type(j.dst_type).id, t.bytes_as(j.dst_type)))
+    return out
 
 
 def _layout(plan: _Plan, provenance: Provenance) -> gguf_io.GGUFLayout:
-    return gguf_io.GGUFLayout.build(plan.kv_raw + provenance.kv_entries(plan.file_type, plan.alignment), _slots(plan),
-                                    plan.alignment)
+    return gguf_io.GGUFLayout.build(plan.kv_entries(provenance), _slots(plan), plan.alignment)
 
 
 def _part_layouts(plan: _Plan, provenance: Provenance, split_max_bytes: int | None) -> tuple[gguf_io.PartLayout, ...]:
-    return gguf_io.layout_parts(plan.kv_raw + provenance.kv_entries(plan.file_type, plan.alignment), _slots(plan),
-                                plan.alignment, split_max_bytes)
+    return gguf_io.layout_parts(plan.kv_entries(provenance), _slots(plan), plan.alignment, split_max_bytes)
 
 
 def output_paths(source: str | os.PathLike, pmap: PrecisionMap, out: str | os.PathLike,
-                 split_max_bytes: int | None = None, imatrix=None) -> list[Path]:
+                 split_max_bytes: int | None = None, imatrix=None, plain: PlainFile | None = None) -> list[Path]:
     """The files `build` will write for OUT: OUT itself, or the parts of a split output (OUT-00001-of-0000N.gguf,
     ...; how many follows from the tensors' sizes alone, so it is known before anything is built)."""
     if split_max_bytes is None:
         return [Path(out)]
-    plan = plan_build(source, pmap, imatrix)
+    plan = plan_build(source, pmap, imatrix, plain=plain)
     return gguf_io.split_output_paths(out, len(gguf_io.split_ranges(_slots(plan), split_max_bytes)))
 
 
-def predicted_file_size(source: str | os.PathLike, pmap: PrecisionMap, imatrix=None) -> int:
+def predicted_file_size(source: str | os.PathLike, pmap: PrecisionMap, imatrix=None,
+                        plain: PlainFile | None = None) -> int:
     """The exact size in bytes of the file `build` would write, computed without quantizing anything."""
-    plan = plan_build(source, pmap, imatrix)
+    plan = plan_build(source, pmap, imatrix, plain=plain)
     placeholder = Provenance(_DIGEST_PLACEHOLDER, plan.imatrix_digest, pmap.digest, pmap.base)
     return _layout(plan, placeholder).file_size
 
@@ -265,6 +357,14 @@ def _digests(fds: Sequence[int], catalog: ModelCatalog, cache: TensorCache | Non
     return digests
 
 
+def source_digest(source: str | os.PathLike, cache: TensorCache | None = None, n_threads: int | None = None) -> str:
+    """The digest every build of `source` records as cerebellum.source_digest (and a trial's row as source_digest):
+    sha256 over the key/values a build copies and every tensor's xxh3-128. A copy of the file has the same; the
+    tensor digests are remembered in the cache per file state, so a source the trials read is not hashed again."""
+    catalog = load_catalog(source)
+    return _source_digest(source_kv(catalog), tensor_digests(catalog, cache, n_threads))
+
+
 def _source_digest(kv_raw: Sequence[bytes], digests: dict[str, str]) -> str:
     h = hashlib.sha256()
     for entry in kv_raw:
@@ -280,38 +380,39 @@ def _source_digest(kv_raw: Sequence[bytes], digests: dict[str, str]) -> str:
 def build_file(source: str | os.PathLike, pmap: PrecisionMap, out: str | os.PathLike, *, imatrix=None,
                cache: TensorCache | None = None, n_threads: int | None = None,
                inputs: dict[str, str | os.PathLike | None] | None = None, sync: bool = True,
-               page_aligned: bool = False) -> BuildReport:
+               page_aligned: bool = False, plain: PlainFile | None = None) -> BuildReport:
     """Write the quantized GGUF `out` for `pmap`; OUT appears complete or not at all, and is never the source (nor
     any of `inputs`, {what: path}, e.g. the imatrix or map file). `sync=False` skips the flush to disk before the
     rename (scratch outputs: a trial's GGUF lives only while it is scored). `page_aligned`: tensor data on
-    4096-byte boundaries (scratch builds; see PAGE_ALIGNMENT)."""
+    4096-byte boundaries (scratch builds; see PAGE_ALIGNMENT). `plain`: no provenance keys, laid out as llama-quantize
+    writes its files (PlainFile); the report still carries the provenance."""
     return _build(source, pmap, _Output(lambda plan: [Path(out)], _published_file, None), imatrix=imatrix,
-                  cache=cache, n_threads=n_threads, inputs=inputs, sync=sync, page_aligned=page_aligned)
+                  cache=cache, n_threads=n_threads, inputs=inputs, sync=sync, page_aligned=page_aligned, plain=plain)
 
 
 def build_split(source: str | os.PathLike, pmap: PrecisionMap, out: str | os.PathLike, split_max_bytes: int, *,
                 imatrix=None, cache: TensorCache | None = None, n_threads: int | None = None,
                 inputs: dict[str, str | os.PathLike | None] | None = None, sync: bool = True,
-                page_aligned: bool = False) -> BuildReport:
+                page_aligned: bool = False, plain: PlainFile | None = None) -> BuildReport:
     """A split model, as llama-gguf-split --split-max-size would cut it, written to `output_paths(...)`
     (OUT-00001-of-0000N.gguf, ...), all parts published together or none (otherwise as `build_file`)."""
     def targets(plan: _Plan) -> list[Path]:
         return gguf_io.split_output_paths(out, len(gguf_io.split_ranges(_slots(plan), split_max_bytes)))
 
     return _build(source, pmap, _Output(targets, _published_group, split_max_bytes), imatrix=imatrix, cache=cache,
-                  n_threads=n_threads, inputs=inputs, sync=sync, page_aligned=page_aligned)
+                  n_threads=n_threads, inputs=inputs, sync=sync, page_aligned=page_aligned, plain=plain)
 
 
 def build_into(source: str | os.PathLike, pmap: PrecisionMap, paths: Sequence[str | os.PathLike],
                split_max_bytes: int | None = None, *, imatrix=None, cache: TensorCache | None = None,
                n_threads: int | None = None, inputs: dict[str, str | os.PathLike | None] | None = None,
-               sync: bool = True, page_aligned: bool = False) -> BuildReport:
+               sync: bool = True, page_aligned: bool = False, plain: PlainFile | None = None) -> BuildReport:
     """Write the build's files (one, or the parts of a split at `split_max_bytes`) to `paths` as they are, with no
     publishing of their own: for a caller that commits them with other outputs in one atomic.atomic_group. They
     must be as many as output_paths names."""
     targets = [Path(p) for p in paths]
     return _build(source, pmap, _Output(lambda plan: targets, _written_in_place, split_max_bytes), imatrix=imatrix,
-                  cache=cache, n_threads=n_threads, inputs=inputs, sync=sync, page_aligned=page_aligned)
+                  cache=cache, n_threads=n_threads, inputs=inputs, sync=sync, page_aligned=page_aligned, plain=plain)
 
 
 def build(
@@ -326,11 +427,12 @@ def build(
     split_max_bytes: int | None = None,
     part_paths: Sequence[str | os.PathLike] | None = None,
     page_aligned: bool = False,
+    plain: PlainFile | None = None,
 ) -> BuildReport:
     """One entry for the three outputs: `build_into(part_paths)` when paths are given (`out` is then only a name),
     else `build_split` with `split_max_bytes`, else `build_file`."""
     common = {"imatrix": imatrix, "cache": cache, "n_threads": n_threads, "inputs": inputs, "sync": sync,
-              "page_aligned": page_aligned}
+              "page_aligned": page_aligned, "plain": plain}
     if part_paths is not None:
         return build_into(source, pmap, part_paths, split_max_bytes, **common)
     if split_max_bytes is not None:
@@ -363,12 +465,13 @@ def _written_in_place(targets: Sequence[Path], inputs: dict) -> AbstractContextM
 
 
 def _build(source: str | os.PathLike, pmap: PrecisionMap, output: _Output, *, imatrix, cache: TensorCache | None,
-           n_threads: int | None, inputs: dict | None, sync: bool, page_aligned: bool) -> BuildReport:
+           n_threads: int | None, inputs: dict | None, sync: bool, page_aligned: bool,
+           plain: PlainFile | None = None) -> BuildReport:
     """Plan, refuse bad destinations, digest the source, lay out the parts, write them through `output.publish`."""
     started = time.perf_counter()
     n_threads = n_threads or os.cpu_count() or 1
     inputs = {"source model": source, **(inputs or {})}
-    plan = plan_build(source, pmap, imatrix, page_aligned)
+    plan = plan_build(source, pmap, imatrix, page_aligned, plain)
     targets = output.targets(plan)
     inputs.update({f"part {i + 1} of the source model": part for i, part in enumerate(plan.catalog.parts[1:], 1)})
     for target in targets:
@@ -377,7 +480,8 @@ def _build(source: str | os.PathLike, pmap: PrecisionMap, output: _Output, *, im
     fds = [os.open(part, os.O_RDONLY) for part in plan.catalog.parts]
     try:
         digests = source_digests(fds, plan, cache, n_threads)
-        provenance = Provenance(_source_digest(plan.kv_raw, digests), plan.imatrix_digest, pmap.digest, pmap.base)
+        provenance = Provenance(_source_digest(source_kv(plan.catalog), digests), plan.imatrix_digest, pmap.digest,
+                                pmap.base)
         parts = _part_layouts(plan, provenance, output.split_max_bytes)
         export_size = (parts[0].layout.file_size if len(parts) == 1 and plan.alignment == gguf_io.DEFAULT_ALIGNMENT
                        else _layout(replace(plan, alignment=gguf_io.DEFAULT_ALIGNMENT), provenance).file_size)
@@ -411,7 +515,8 @@ def _write_parts(plan: _Plan, parts: Sequence[gguf_io.PartLayout], paths: Sequen
         try:
             os.ftruncate(out_fd, layout.file_size)
             pwrite_all(out_fd, layout.header, 0)
-            for i, slot, offset in zip(part.tensors, layout.slots, layout.offsets):
+            for k, slot, offset in zip(part.tensors, layout.slots, layout.offsets):
+                i = plan.tensor_index(k)
                 t, job = plan.catalog.tensors[i], plan.jobs[i]
                 t0 = time.perf_counter()
                 action = _write_tensor(out_fd, len(layout.header) + offset, fds[t.file], t, job, plan.vectors[i],
@@ -453,9 +558,10 @@ def _write_tensor(out_fd: int, at: int, fd: int, t: TensorInfo, job: QuantJob, v
     return "quantized"
 
 
-__all__ = ["BuildError", "BuildReport", "PAGE_ALIGNMENT", "PROVENANCE_PREFIX", "Provenance", "TensorAction", "build",
-           "build_file", "build_into", "build_split", "check_imatrix_fits", "imatrix_vectors", "output_paths",
-           "plan_build", "predicted_file_size", "source_digests", "tensor_digests"]
+__all__ = ["BuildError", "BuildReport", "IMATRIX_KEYS", "PAGE_ALIGNMENT", "PROVENANCE_PREFIX", "PlainFile",
+           "Provenance", "TensorAction", "build", "build_file", "build_into", "build_split", "check_imatrix_fits",
+           "imatrix_vectors", "llama_tensor_order", "output_paths", "plan_build", "predicted_file_size",
+           "source_digest", "source_digests", "source_kv", "tensor_digests"]
 
 # The file I/O helpers lived here before core/fileio.py (pread and copy_range are imported above, so
 # cerebellum_ray.build.pread still resolves).

@@ -4,12 +4,15 @@
     budget (--max-bpw | --max-gb | --vram-gb with --context) ──► tensor bytes ──► solver.Solver (exact)
     ──► the map, its exact file size, the predicted KLD with its standard error, and the row that measured exactly
         this map under the study's evaluation (if any); --verify: one trial of it, stored as strategy "solve".
+    ──► the answer: the better of the prediction (or its verification) and the best row measured under the same
+        budget, with the difference and its standard error: solve never recommends a map worse than one it has.
 
 The map is the least predicted mean KLD on the study's text, or with `metric="kld_code"` on its code corpus (a
 study scored with evaluation.code); the other KLD and the PPL are predicted beside it by their own fits.
 
 The study's space, source and imatrix come from <store>/_studies/<study>.json (written by every search), or from
---space/--source for a study stored before those records existed.
+--space/--source for a study stored before those records existed; a --source or --imatrix whose digest differs from
+the study's is refused (results.inputs).
 """
 
 from __future__ import annotations
@@ -57,15 +60,51 @@ class SolveResult:
     seconds: float
     verified: Mapping[str, Any] | None = field(default=None)
     metric: str = "kld"  # what the map minimizes under the budget
+    best_measured: Mapping[str, Any] | None = field(default=None)  # the best stored row under the budget
+
+    @property
+    def answer(self) -> dict[str, Any]:
+        """What solve recommends: the solved map (as predicted, or as --verify measured it) or the best row already
+        measured under the budget, whichever has the lower metric (a measured row wins a tie), with the other and
+        the difference +/- its standard error (the two SEs combined: an upper bound, both are scored on the same
+        tokens)."""
+        return choose_answer(self)
 
     def as_dict(self) -> dict[str, Any]:
+        best = None if self.best_measured is None else {k: v for k, v in self.best_measured.items() if k != "map"}
         return {"study": self.study, "budget": self.budget, "metric": self.metric, "map": dict(self.map),
                 "bpw": self.bpw,
                 "size_bytes": self.size_bytes, "tensor_bytes": self.tensor_bytes, "point": dict(self.point),
                 "choices": dict(self.choices), "predicted": dict(self.predicted),
                 "measured": None if self.measured is None else dict(self.measured),
                 "measured_trial": self.measured_trial, "fit": dict(self.fit), "seconds": round(self.seconds, 3),
-                "verified": None if self.verified is None else dict(self.verified)}
+                "verified": None if self.verified is None else dict(self.verified),
+                "best_measured": best, "answer": self.answer}
+
+
+def choose_answer(result: SolveResult) -> dict[str, Any]:
+    """See SolveResult.answer."""
+    m = result.metric
+    if result.verified is not None and result.verified.get(m) is not None:
+        solved = {"from": "verified", "trial_id": result.verified["trial_id"], "value": result.verified[m],
+                  "se": result.verified.get(f"{m}_se")}
+    elif result.measured is not None and result.measured.get(m) is not None:
+        solved = {"from": "measured", "trial_id": result.measured_trial, "value": result.measured[m],
+                  "se": result.measured.get(f"{m}_se")}
+    else:
+        solved = {"from": "solved", "trial_id": None, "value": result.predicted[m], "se": result.predicted[f"{m}_se"]}
+    solved.update(map=dict(result.map), size_bytes=result.size_bytes, bpw=result.bpw, label=None)
+    best = result.best_measured
+    if best is None or best["trial_id"] == solved["trial_id"]:
+        return {**solved, "metric": m, "versus": None}
+    other = {"from": "measured", "trial_id": best["trial_id"], "value": best[m], "se": best.get(f"{m}_se"),
+             "map": dict(best["map"]), "size_bytes": best["size_bytes"], "bpw": best["bpw"], "label": best.get("label")}
+    winner, loser = (other, solved) if other["value"] <= solved["value"] else (solved, other)
+    difference = loser["value"] - winner["value"]
+    versus = {"from": loser["from"], "trial_id": loser["trial_id"], "value": loser["value"], "se": loser["se"],
+              "size_bytes": loser["size_bytes"], "bpw": loser["bpw"], "label": loser["label"],
+              "better_by": difference, "better_by_se": math.hypot(winner["se"] or 0.0, loser["se"] or 0.0)}
+    return {**winner, "metric": m, "versus": versus}
 
 
 def make_budget(max_bpw: float | None = None, max_gb: float | None = None, vram_gb: float | None = None,
@@ -94,17 +133,24 @@ def make_budget(max_bpw: float | None = None, max_gb: float | None = None, vram_
     return Budget(file_bytes, None, f"{vram_gb} GB of VRAM with a {context}-token context")
 
 
-def _study_record(store_dir, study: str, space_file: str | None, source: str | None):
-    """The study's record; --space and --source replace its space and source (and stand in for a record that an
-    older study lacks)."""
+def _study_record(store_dir, study: str, space_file: str | None, source: str | None, imatrix: str | None = None):
+    """The study's record, its source and imatrix found and checked by digest (results.inputs: another --source or
+    --imatrix must have the digest the study's trials were built with); --space and --source replace its space and
+    source (and stand in for a record that an older study lacks)."""
     from ..study.run import StudyRecord
+    from .inputs import measured_inputs
 
     if space_file and source:
         try:
-            return replace(StudyRecord.load(store_dir, study), space_file=space_file, source=source)
+            record = replace(StudyRecord.load(store_dir, study), space_file=space_file, source=source)
         except CerebellumError:
-            return StudyRecord(study=study, space_file=space_file, source=source)
-    return StudyRecord.load(store_dir, study)
+            record = StudyRecord(study=study, space_file=space_file, source=source)
+    else:
+        record = StudyRecord.load(store_dir, study)
+        if space_file:
+            record = replace(record, space_file=space_file)
+    inputs = measured_inputs(store_dir, study, source=source, imatrix=imatrix, cache_dir=record.cache_dir)
+    return replace(record, source=inputs.source, imatrix=inputs.imatrix_path)
 
 
 def _fit_summary(model) -> dict[str, Any]:
@@ -115,7 +161,8 @@ def _fit_summary(model) -> dict[str, Any]:
 
 
 def solve_study(store_dir: str, study: str, budget: Budget, *, space_file: str | None = None,
-                source: str | None = None, warm_start: Sequence[str] = (), metric: str = "kld") -> SolveResult:
+                source: str | None = None, warm_start: Sequence[str] = (), metric: str = "kld",
+                imatrix: str | None = None) -> SolveResult:
     """The surrogate's best map of the study's space under `budget`, by predicted `metric` (see the module
     docstring)."""
     if metric not in SOLVE_METRICS:
@@ -126,7 +173,7 @@ def solve_study(store_dir: str, study: str, budget: Budget, *, space_file: str |
     from ..predict.solver import Solver, SolverError
 
     started = time.perf_counter()
-    record = _study_record(store_dir, study, space_file, source)
+    record = _study_record(store_dir, study, space_file, source, imatrix)
     catalog, space = record.open_space()
     require_kld_objective(space)
     has_imatrix = bool(record.imatrix)
@@ -184,7 +231,26 @@ def solve_study(store_dir: str, study: str, budget: Budget, *, space_file: str |
         predicted=predicted,
         measured=None if measured_row is None else {c: measured_row.get(c) for c in MEASURED_COLUMNS},
         measured_trial=None if measured_row is None else measured_row["trial_id"],
-        fit=_fit_summary(model), seconds=time.perf_counter() - started, metric=metric)
+        fit=_fit_summary(model), seconds=time.perf_counter() - started, metric=metric,
+        best_measured=best_measured(rows, eval_hash, budget, metric))
+
+
+def best_measured(rows, eval_hash: str | None, budget: Budget, metric: str = "kld") -> dict[str, Any] | None:
+    """The stored row with the lowest `metric` whose map fits `budget` (bits per weight, or the file's size), among
+    complete rows of the evaluation `eval_hash` (presets and every strategy alike); None when none fits."""
+    fitting = [r for r in rows if r["status"] == "complete" and r.get("map") and r.get(metric) is not None
+               and (eval_hash is None or r["eval_hash"] == eval_hash) and _fits(r, budget)]
+    if not fitting:
+        return None
+    row = min(fitting, key=lambda r: (r[metric], r["size_bytes"]))
+    keep = ("study", "trial_id", "label", "strategy", "bpw", "size_bytes", *MEASURED_COLUMNS, "kld_code_se", "map")
+    return {k: row.get(k) for k in dict.fromkeys(keep)}
+
+
+def _fits(row: Mapping[str, Any], budget: Budget) -> bool:
+    if budget.bpw is not None:
+        return row.get("bpw") is not None and row["bpw"] <= budget.bpw
+    return row.get("size_bytes") is not None and row["size_bytes"] <= budget.file_bytes
 
 
 def _predicted_other(prior, rows, eval_hash: str | None, point, metric: str) -> dict[str, float]:
@@ -219,12 +285,12 @@ def _measured(rows, study: str, digest: str, eval_hash: str | None) -> dict[str,
 
 def verify_solution(store_dir: str, result: SolveResult, *, space_file: str | None = None,
                     source: str | None = None, num_cpus: int | None = None, cpus_per_trial: float = 1.0,
-                    gpus_per_trial: float = 0.0) -> dict[str, Any]:
+                    gpus_per_trial: float = 0.0, imatrix: str | None = None) -> dict[str, Any]:
     """Measure the solved map as one trial of the study (strategy "solve", phase "verify", its prediction stored
-    with it); returns the new row."""
+    with it), built from the study's source and imatrix (checked by digest); returns the new row."""
     from ..study.run import StudyRun, point_key
 
-    record = _study_record(store_dir, result.study, space_file, source)
+    record = _study_record(store_dir, result.study, space_file, source, imatrix)
     opts = record.options(store_dir, strategy="solve", num_cpus=num_cpus, cpus_per_trial=cpus_per_trial,
                           gpus_per_trial=gpus_per_trial, verbose=False)
     before = {r["trial_id"] for r in store.rows(store_dir, [result.study])}
@@ -250,7 +316,7 @@ def within(result_predicted: Mapping[str, float], measured: float, n_se: float =
     return abs(measured - result_predicted[metric]) <= n_se * result_predicted[f"{metric}_se"]
 
 
-__all__ = ["Budget", "SOLVE_METRICS", "SolveError", "SolveResult", "make_budget", "solve_study", "verify_solution",
-           "within"]
+__all__ = ["Budget", "SOLVE_METRICS", "SolveError", "SolveResult", "best_measured", "choose_answer", "make_budget",
+           "solve_study", "verify_solution", "within"]
 
 __getattr__ = former_names(__name__, {"_study_inputs": "cerebellum_ray.results.recommend:_study_record"})

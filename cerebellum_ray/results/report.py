@@ -9,15 +9,17 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
+import math
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..core import store
 from ..core.atomic import atomic_output, check_destination, refuse_store_files
 from ..core.errors import CerebellumError
+from ..core.units import relative_change, size_unit, value_text
 
 _ABLATION_LABEL = re.compile(r"^(group|layer|router) (\S+)=(\S+)$")
 
@@ -48,35 +50,81 @@ def _front_png(rows, refs, study: str) -> str | None:
         return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def ablation_sensitivities(rows: list[dict[str, Any]]) -> dict[str, list[tuple[str, float, float]]]:
-    """{"group": [(move, KLD change %, size change %)], "layer": [...], "router": [...]} against the base row."""
-    base = next((r for r in rows if r["label"] == "base" and r["status"] == "complete"), None)
-    out: dict[str, list[tuple[str, float, float]]] = {"group": [], "layer": [], "router": []}
+@dataclass(frozen=True)
+class Sensitivity:
+    """One one-at-a-time move against the base map."""
+
+    move: str  # e.g. attn_q=Q2_K
+    change: float  # of the mean KLD: relative to the base's (a fraction), or the difference (Sensitivities.relative)
+    change_se: float  # its standard error (the two SEs combined)
+    size_change: float  # of the file size, relative (a fraction)
+
+
+@dataclass(frozen=True)
+class Sensitivities:
+    """The study's one-at-a-time moves against its base map. A base whose KLD cannot be told from 0 (the base is
+    the reference itself) gives differences, not relative changes: a relative change against ~0 reads -1e10 %."""
+
+    base_kld: float | None
+    base_kld_se: float | None
+    relative: bool
+    moves: dict[str, list[Sensitivity]]  # "group", "layer", "router"
+
+    def __getitem__(self, kind: str) -> list[Sensitivity]:
+        return self.moves[kind]
+
+    def values(self):
+        return self.moves.values()
+
+
+def ablation_sensitivities(rows: list[dict[str, Any]]) -> Sensitivities:
+    """The moves of `rows` labelled 'group|layer|router NAME=TYPE' against the row labelled 'base'."""
+    base = next((r for r in rows if r["label"] == "base" and r["status"] == "complete" and r["kld"] is not None),
+                None)
+    out: dict[str, list[Sensitivity]] = {"group": [], "layer": [], "router": []}
     if base is None:
-        return out
+        return Sensitivities(None, None, True, out)
+    base_se = base.get("kld_se") or 0.0
+    relative = relative_change(1.0, base["kld"], base_se) is not None
     for r in rows:
         m = _ABLATION_LABEL.match(r["label"] or "")
         if m and r["status"] == "complete" and r["kld"] is not None:
-            out[m.group(1)].append((f"{m.group(2)}={m.group(3)}", 100 * (r["kld"] - base["kld"]) / base["kld"],
-                                    100 * (r["size_bytes"] - base["size_bytes"]) / base["size_bytes"]))
-    return out
+            se = math.hypot(r.get("kld_se") or 0.0, base_se)
+            diff = r["kld"] - base["kld"]
+            change, change_se = (diff / base["kld"], se / abs(base["kld"])) if relative else (diff, se)
+            out[m.group(1)].append(Sensitivity(f"{m.group(2)}={m.group(3)}", change, change_se,
+                                               (r["size_bytes"] - base["size_bytes"]) / base["size_bytes"]))
+    return Sensitivities(base["kld"], base_se, relative, out)
 
 
-def _bars(moves: list[tuple[str, float, float]], title: str) -> str:
+def _bars(moves: list[Sensitivity], title: str, relative: bool = True) -> str:
     def draw(fig):
         ax = fig.add_subplot()
-        names = [m[0] for m in moves]
-        values = [m[1] for m in moves]
+        scale = 100.0 if relative else 1.0
+        values = [scale * m.change for m in moves]
+        errors = [scale * m.change_se for m in moves]
         colors = ["#2a9d4b" if v <= 0 else "#c0392b" for v in values]
-        ax.barh(range(len(moves)), values, color=colors)
-        ax.set_yticks(range(len(moves)), names, fontsize=8)
+        ax.barh(range(len(moves)), values, xerr=errors, color=colors, ecolor="#555555", capsize=2)
+        ax.set_yticks(range(len(moves)), [m.move for m in moves], fontsize=8)
         ax.invert_yaxis()
         ax.axvline(0, color="black", lw=0.8)
-        ax.set_xlabel("change of mean KL divergence vs the base map (%) - negative is better")
+        ax.set_xlabel("change of mean KL divergence vs the base map (%), +/- 1 SE - negative is better" if relative
+                      else "mean KL divergence minus the base map's (the base is the reference: KLD 0), +/- 1 SE "
+                           "- negative is better")
         ax.set_title(title)
-        for i, (_, v, size) in enumerate(moves):
-            ax.text(v, i, f"  size {size:+.1f}%", va="center", fontsize=7)
+        for i, m in enumerate(moves):
+            ax.text(values[i], i, f"  size {100 * m.size_change:+.1f}%", va="center", fontsize=7)
     return _png_data_uri(draw)
+
+
+def _sensitivity_table(moves: list[Sensitivity], relative: bool) -> str:
+    head = "KLD change" if relative else "KLD difference"
+    out = [f"<table><tr><th>move</th><th>{head} &plusmn; se</th><th>size change</th></tr>"]
+    for m in moves:
+        change = (f"{100 * m.change:+.1f}% &plusmn; {100 * m.change_se:.1f}%" if relative
+                  else f"{m.change:+.5f} &plusmn; {m.change_se:.5f}")
+        out.append(f"<tr><td>{html.escape(m.move)}</td><td>{change}</td><td>{100 * m.size_change:+.1f}%</td></tr>")
+    return "".join(out) + "</table>"
 
 
 def _map_summary(m: dict[str, str] | None) -> str:
@@ -100,6 +148,26 @@ def _map_summary(m: dict[str, str] | None) -> str:
             desc.append(f"{ty} x{len(layers)}" + (f" (layers {layer_ranges(ls)})" if ls and len(types) > 1 else ""))
         parts.append(f"<b>{html.escape(g)}</b>: {html.escape(', '.join(desc))}")
     return "<br>".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def budget_table(b: dict[str, Any]) -> str:
+    """The budget as a table people read: counts by status, times as durations, nodes by name."""
+    cells = [("trials", str(b["trials"]))]
+    cells += [(f"&nbsp;&nbsp;{html.escape(status)}", str(n)) for status, n in sorted(b["by_status"].items())]
+    cells += [("building", _duration(b["build_s"])), ("loading", _duration(b["load_s"])),
+              ("scoring", _duration(b["score_s"])), ("trial time in all", _duration(3600 * b["trial_hours"])),
+              ("GPU hours", f"{b['gpu_hours']:.3f}" if b["gpu_hours"] else "none (CPU trials)"),
+              ("nodes", html.escape(", ".join(b["nodes"])) or "-")]
+    return ("<table><tr><th>budget</th><th></th></tr>"
+            + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in cells) + "</table>")
 
 
 def budget(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -147,7 +215,7 @@ def _predictions_html(store_dir: str, study: str, rows: list[dict[str, Any]]) ->
 
 def write_report(store_dir: str, study: str, out: str) -> Path:
     from ..core.store import REFERENCE_STRATEGIES
-    from ..predict.fronts import compute_fronts
+    from ..predict.fronts import compute_fronts, knee_point
 
     check_destination(out)
     refuse_store_files(out, store_dir)
@@ -163,28 +231,33 @@ def write_report(store_dir: str, study: str, out: str) -> Path:
     if front_img:
         parts.append(f'<h2>Pareto front</h2><img alt="Pareto front" src="{front_img}" style="max-width:100%">')
     for f in fronts:
+        unit, scale = size_unit(max(p["size_bytes"] for p in f.points)) if f.points else ("GB", 1e9)
+        knee = knee_point(f)["trial_id"] if f.points else None
         parts.append(f"<h2>Front points ({len(f.points)}; hypervolume {f.hypervolume_fraction:.3f} of the box)</h2>"
-                     "<table><tr><th>trial</th><th>bpw</th><th>size (GB)</th><th>KLD &plusmn; se</th>"
-                     "<th>PPL</th><th>map by group and layer</th></tr>")
+                     f"<table><tr><th>trial</th><th>bpw</th><th>size ({unit})</th><th>KLD &plusmn; se</th>"
+                     "<th>PPL &plusmn; se</th><th>map by group and layer</th></tr>")
         for p in f.points:
-            parts.append(f"<tr><td>{html.escape(p['trial_id'])}<br><small>{html.escape(p['label'] or '')}</small>"
-                         f"</td><td>{p['bpw']:.3f}</td><td>{p['size_bytes'] / 1e9:.4f}</td>"
-                         f"<td>{p['kld']:.5f} &plusmn; {p['kld_se'] or 0:.5f}</td><td>{p['ppl']:.3f}</td>"
+            mark = " <b>&larr; knee</b>" if p["trial_id"] == knee else ""
+            parts.append(f"<tr><td>{html.escape(p['trial_id'])}{mark}<br><small>{html.escape(p['label'] or '')}"
+                         f"</small></td><td>{p['bpw']:.3f}</td><td>{p['size_bytes'] / scale:.4g}</td>"
+                         f"<td>{value_text(p['kld'], p['kld_se'], pm='&plusmn;')}</td>"
+                         f"<td>{value_text(p['ppl'], p.get('ppl_se'), 3, pm='&plusmn;')}</td>"
                          f"<td>{_map_summary(p['map'])}</td></tr>")
         parts.append("</table>")
     parts.extend(_predictions_html(store_dir, study, search))
     sens = ablation_sensitivities(rows)
     if any(sens.values()):
-        parts.append("<h2>Ablation sensitivities</h2>")
+        base = value_text(sens.base_kld, sens.base_kld_se, pm="&plusmn;")
+        parts.append(f"<h2>Ablation sensitivities</h2><p>Each move against the base map (mean KLD {base}): "
+                     + ("relative changes." if sens.relative else "the base is the reference itself (its KLD cannot "
+                        "be told from 0), so the changes are differences of the mean KLD, not percentages.")
+                     + "</p>")
         for kind, title in (("group", "each group moved alone"), ("layer", "each layer moved alone"),
                             ("router", "each router layer moved alone")):
             if sens[kind]:
-                parts.append(f'<img alt="{kind} sensitivities" src="{_bars(sens[kind], title)}" '
-                             'style="max-width:100%">')
-    b = budget(rows)
-    parts.append("<h2>Budget</h2><table>" + "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(json.dumps(v) if not isinstance(v, float) else f'{v:.3f}')}"
-        "</td></tr>" for k, v in b.items()) + "</table>")
+                parts.append(f'<img alt="{kind} sensitivities" src="{_bars(sens[kind], title, sens.relative)}" '
+                             'style="max-width:100%">' + _sensitivity_table(sens[kind], sens.relative))
+    parts.append("<h2>Budget</h2>" + budget_table(budget(rows)))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>cerebellum-ray " + html.escape(study) +
             "</title><style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top;text-align:left}</style>"

@@ -213,6 +213,78 @@ def plan_surgery(model: str | os.PathLike, sets: Sequence[str | Rule], imatrix=N
     return SurgeryPlan(catalog, changes, jobs, vectors, layout)
 
 
+# ---- the imatrix the file was built with --------------------------------------------------------------------------
+
+
+def file_imatrix(model: str | os.PathLike) -> tuple[str | None, str | None]:
+    """(digest, path) of the imatrix `model` was built with, as far as it says: its cerebellum.imatrix_digest key
+    ("none" without one), else the export card beside it (FINAL.card.json, also for a plain export), whose
+    provenance names the path too; (None, None) for a file that says nothing (e.g. one llama-quantize made)."""
+    import json
+
+    from ..formats.catalog import load_catalog
+    from ..quant.build import PROVENANCE_PREFIX
+
+    digest = load_catalog(model).kv.get(PROVENANCE_PREFIX + "imatrix_digest")
+    card = _card_path(Path(model))
+    path = None
+    if card.is_file():
+        try:
+            provenance = json.loads(card.read_text(encoding="utf-8")).get("provenance") or {}
+        except (OSError, ValueError):
+            provenance = {}
+        if digest is None or provenance.get("imatrix_digest") == digest:
+            digest = digest or provenance.get("imatrix_digest")
+            path = (provenance.get("inputs") or {}).get("imatrix")
+    return (str(digest) if digest else None), path
+
+
+def _card_path(model: Path) -> Path:
+    """FINAL.card.json beside FINAL.gguf (or beside FINAL-00001-of-0000N.gguf, the first part of a split export)."""
+    from ..formats.gguf_io import _SPLIT_NAME
+
+    m = _SPLIT_NAME.match(model.name)
+    stem = m.group("prefix") if m else model.name.removesuffix(".gguf")
+    return model.with_name(f"{stem}.card.json")
+
+
+def surgery_imatrix(model: str | os.PathLike, sets: Sequence[str | Rule], given: str | None) -> str | None:
+    """The imatrix to recast with: the one `model` was built with (file_imatrix) when the --set changes reach a
+    type whose quantizer weighs by importance (ggml_types.IMATRIX_WEIGHTED), so the recast tensors come out as
+    the build would have made them. `given` must have the file's digest; without it the card's path is used, and
+    a recast that needs the file's imatrix while none is to be found is refused (SurgeryError, naming it)."""
+    from ..formats.catalog import load_catalog
+    from ..formats.ggml_types import IMATRIX_WEIGHTED
+    from ..formats.imatrix import load_imatrix
+    from ..formats.precision_map import MapSpec, resolve, rules_from_pairs
+
+    digest, recorded = file_imatrix(model)
+    if digest is None:
+        return given
+    catalog = load_catalog(model)
+    rules = rules_from_pairs(sets)
+    pmap = resolve(catalog, MapSpec(rules=rules)) if rules else None
+    weighted = [t.name for t in catalog.tensors if pmap is not None and pmap.types[t.name] != t.type
+                and pmap.types[t.name] in IMATRIX_WEIGHTED]
+    if given:
+        theirs = load_imatrix(given).digest
+        if digest == "none" and weighted:
+            raise SurgeryError(f"--imatrix {given} (digest {theirs}): {model} was built without an imatrix (digest "
+                               f"none), so {weighted[0]} would be recast unlike the build: leave --imatrix out")
+        if digest not in ("none", theirs):
+            raise SurgeryError(f"--imatrix {given}: its digest is {theirs}, but {model} was built with the imatrix "
+                               f"of digest {digest}" + (f" ({recorded})" if recorded else "") +
+                               ": give that imatrix (a file with the same digest will do)")
+        return given
+    if digest == "none" or not weighted:
+        return None
+    if recorded and Path(recorded).is_file() and load_imatrix(recorded).digest == digest:
+        return recorded
+    where = f"; its card names {recorded}, which is gone or changed" if recorded else ""
+    raise SurgeryError(f"{model} was built with the imatrix of digest {digest}{where}: give --imatrix FILE with that "
+                       f"digest, so {weighted[0]} is recast with the importances the build used")
+
+
 # ---- staged, checked output --------------------------------------------------------------------------------------
 
 

@@ -70,14 +70,14 @@ def paired(model: Mapping[str, bool], reference: Mapping[str, bool]) -> Paired:
 class VerifyOptions:
     store_dir: str
     study: str
-    source: str
+    source: str | None = None  # None: the study's (another file must have its digest)
     front: bool = True  # the members of the study's front on `front_on`
     front_on: tuple[str, ...] = ("size", "kld")  # stored metrics the front is taken on (pareto's objective names)
     trials: tuple[str, ...] = ()  # or these trial ids (or labels)
     metrics: tuple[str, ...] = ("humaneval",)
     limit: int | None = None  # HumanEval problems (None: all 164)
     reference: str | None = None  # the model compared with (default: the source)
-    imatrix: str | None = None
+    imatrix: str | None = None  # None: the study's (another file must have its digest)
     mc: tuple[str, ...] = ()
     cache_dir: str | None = None
     n_gpu_layers: int | None = None
@@ -148,8 +148,8 @@ def verify(opts: VerifyOptions, progress=None) -> list[dict[str, Any]]:
     from ..core import store
     from ..quant.build import build_file
     from ..formats.catalog import load_catalog
-    from ..formats.imatrix import load_imatrix
     from ..formats.precision_map import PrecisionMap
+    from .inputs import measured_inputs
     from ..evaluate.reference import default_reference_dir
     from ..quant.tensor_cache import TensorCache
     from ..study.trial import default_work_dir
@@ -160,9 +160,10 @@ def verify(opts: VerifyOptions, progress=None) -> list[dict[str, Any]]:
     if "mc" in opts.metrics and not opts.mc:
         raise VerifyError("--metrics mc needs at least one --mc FILE.jsonl")
     rows = members(opts)
-    catalog = load_catalog(opts.source)
-    imatrix = load_imatrix(opts.imatrix) if opts.imatrix else None
-    reference = opts.reference or opts.source
+    # every member's source and imatrix found and checked by digest before anything runs
+    inputs = [measured_inputs(opts.store_dir, opts.study, row, source=opts.source, imatrix=opts.imatrix,
+                              cache_dir=opts.cache_dir) for row in rows]
+    reference = opts.reference or inputs[0].source
     ref_outcomes = None
     if "humaneval" in opts.metrics:
         ref_outcomes, _ = reference_outcomes(reference, opts.limit, opts.max_new_tokens, opts.n_gpu_layers,
@@ -171,15 +172,16 @@ def verify(opts: VerifyOptions, progress=None) -> list[dict[str, Any]]:
     work.mkdir(parents=True, exist_ok=True)
     cache = TensorCache(opts.cache_dir)
     updated = []
-    for row in rows:
+    for row, found in zip(rows, inputs):
+        catalog = load_catalog(found.source)
         if set(row["map"]) != set(catalog.by_name):
-            raise VerifyError(f"trial {row['trial_id']}'s map does not fit {opts.source}: verify with the source the "
-                              "study ran on")
+            raise VerifyError(f"trial {row['trial_id']}'s map does not fit {found.source}: verify with the source "
+                              "the study ran on")
         pmap = PrecisionMap(types={t.name: row["map"][t.name] for t in catalog.tensors},
                             base=f"trial:{row['trial_id']}")
         out = work / f"verify-{pmap.digest[:16]}-{os.getpid()}.gguf"
         try:
-            build_file(opts.source, pmap, out, imatrix=imatrix, cache=cache, sync=False, page_aligned=True)
+            build_file(found.source, pmap, out, imatrix=found.imatrix, cache=cache, sync=False, page_aligned=True)
             values: dict[str, Any] = {}
             if "humaneval" in opts.metrics:
                 he = _humaneval(out, opts.limit, opts.max_new_tokens, opts.n_gpu_layers)

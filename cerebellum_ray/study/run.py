@@ -87,11 +87,14 @@ def prepare(opts: SearchOptions, work_dir: Path | None = None) -> TrialContext:
         raise SpaceError(f"--trials must be at least 1, got {opts.trials}")
     if not opts.imatrix and space.imatrix is not None:  # --imatrix overrides the space's
         opts = replace(opts, imatrix=str(space_imatrix(space, opts)))
+    imatrix_digest = "none"
     if opts.imatrix:
         from ..quant.build import check_imatrix_fits
         from ..formats.imatrix import load_imatrix
 
-        check_imatrix_fits(catalog, load_imatrix(opts.imatrix), opts.imatrix)
+        imatrix = load_imatrix(opts.imatrix)
+        check_imatrix_fits(catalog, imatrix, opts.imatrix)
+        imatrix_digest = imatrix.digest
     text = eval_text(space)
     ev = space.evaluation
     from ..evaluate.tasks import load_choice_items
@@ -121,7 +124,8 @@ def prepare(opts: SearchOptions, work_dir: Path | None = None) -> TrialContext:
                                           + ([code_reference.key.digest] if code_reference else [])
                                           + (["chat"] if chat else [])
                                           ).encode()).hexdigest()
-    StudyRecord.of(opts, eval_hash).save(opts.store_dir)
+    StudyRecord.of(opts, eval_hash, source_digest=_source_digest(opts), imatrix_digest=imatrix_digest).save(
+        opts.store_dir)
     return TrialContext(
         study=opts.study, source=str(Path(opts.source).resolve()), space=space, eval_text=text, eval_hash=eval_hash,
         reference=reference, imatrix_path=str(Path(opts.imatrix).resolve()) if opts.imatrix else None,
@@ -158,15 +162,21 @@ class StudyRecord:
     eval_hash: str | None = None  # the digest of the evaluation every row of the study was scored under
     cache_dir: str | None = None
     strategy: str | None = None
+    # the exact inputs its trials' builds used (build.source_digest; the imatrix's vector digest, "none" without):
+    # export, verify and solve refuse another source or imatrix by these
+    source_digest: str | None = None
+    imatrix_digest: str | None = None
 
     @classmethod
-    def of(cls, opts: SearchOptions, eval_hash: str) -> StudyRecord:
+    def of(cls, opts: SearchOptions, eval_hash: str, source_digest: str | None = None,
+           imatrix_digest: str | None = None) -> StudyRecord:
         def absolute(path: str | None) -> str | None:
             return str(Path(path).resolve()) if path else None
 
         return cls(study=opts.study, space_file=absolute(opts.space_file), source=absolute(opts.source),
                    imatrix=absolute(opts.imatrix), reference=absolute(opts.reference), base=opts.base,
-                   eval_hash=eval_hash, cache_dir=opts.cache_dir, strategy=opts.strategy)
+                   eval_hash=eval_hash, cache_dir=opts.cache_dir, strategy=opts.strategy,
+                   source_digest=source_digest, imatrix_digest=imatrix_digest)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "study record") -> StudyRecord:
@@ -245,9 +255,19 @@ def recorded_studies(store_dir: str | os.PathLike) -> list[str]:
     return out
 
 
-def record_study(opts: SearchOptions, eval_hash: str) -> None:
-    """Write the study's record (StudyRecord.of(opts, eval_hash).save: older callers)."""
-    StudyRecord.of(opts, eval_hash).save(opts.store_dir)
+def _source_digest(opts: SearchOptions) -> str:
+    """The source's digest as its builds record it (build.source_digest; the tensor digests are remembered in the
+    study's tensor cache, where the trials find them)."""
+    from ..quant.build import source_digest
+    from ..quant.tensor_cache import TensorCache
+
+    return source_digest(opts.source, TensorCache(opts.cache_dir))
+
+
+def record_study(opts: SearchOptions, eval_hash: str, source_digest: str | None = None,
+                 imatrix_digest: str | None = None) -> None:
+    """Write the study's record (StudyRecord.of(...).save: older callers)."""
+    StudyRecord.of(opts, eval_hash, source_digest, imatrix_digest).save(opts.store_dir)
 
 
 def read_study(store_dir: str | os.PathLike, study: str) -> dict[str, Any]:

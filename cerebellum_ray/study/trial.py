@@ -148,7 +148,9 @@ def evaluate_map(ctx: TrialContext, pmap: PrecisionMap, report: Callable[[dict],
     pending = {o: None for o in ctx.space.objectives if metrics.metric(o).late}
     base = {**pending, "map_hash": pmap.digest, "build_s": t1 - t0, "node": _node_name(),
             "gpu_ids": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "cached": report_.count("cached"),
-            "quantized": report_.count("quantized")}
+            "quantized": report_.count("quantized"),
+            # what the scored file was built from: export rebuilds exactly this (and refuses other inputs)
+            "source_digest": report_.provenance.source_digest, "imatrix_digest": report_.provenance.imatrix_digest}
     try:
         runner = LlamaRunner(out, RunnerConfig(n_ctx=ev.ctx, n_gpu_layers=ctx.n_gpu_layers,
                                                n_threads=ctx.n_threads))
@@ -241,7 +243,8 @@ def _stored_result(ctx: TrialContext, trial_id: str) -> dict[str, Any] | None:
         return None
     numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     result = {**_named(numbers), "final": True, "from_store": True, "node": row["node"], "gpu_ids": row["gpu_ids"],
-              "map_hash": row["map_hash"]}
+              "map_hash": row["map_hash"], "source_digest": row.get("source_digest"),
+              "imatrix_digest": row.get("imatrix_digest")}
     return {k: v for k, v in result.items() if v is not None}
 
 
