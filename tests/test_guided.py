@@ -170,3 +170,81 @@ def test_solve_by_code_kld_picks_what_the_code_corpus_prefers(tiny_models, tmp_p
 
 def space_types(space, param: str) -> tuple[str, ...]:
     return next(d.types for d in space.dimensions if d.param == param)
+
+
+def _plant_study(tiny_models, store_dir, n: int = 40) -> tuple[str, list[dict]]:
+    """Rows of study "p": random points of the space whose text KLD depends only on attn_q (as above)."""
+    import random
+
+    from cerebellum_ray.formats.precision_map import tensor_bytes
+
+    source = str(tiny_models["gemma4"])
+    catalog = load_catalog(source)
+    space = load_space(SPACE, catalog)
+    dims = {d.param: len(d.types) for d in space.dimensions}
+    rng = random.Random(1)
+    rows = []
+    for i, point in enumerate([{}] + [{p: rng.randrange(k) for p, k in dims.items()} for _ in range(n)]):
+        full = {p: point.get(p, 0) for p in dims}
+        kld = 0.05 + sum(0.2 / (1 + full[p]) for p in dims if p.startswith("attn_q"))
+        pmap = space.map_for(catalog, point)
+        size = tensor_bytes(catalog, pmap)
+        rows.append({"study": "p", "trial_id": f"t{i}", "strategy": "optuna", "status": "complete",
+                     "map": dict(pmap.types), "map_hash": pmap.digest, "size_bytes": size,
+                     "bpw": 8 * size / catalog.n_elements, "kld": kld, "kld_se": 1e-3 * kld, "eval_hash": "e",
+                     "params": json.dumps(point)})
+    for r in rows:
+        store.append(store_dir, r)
+    return source, rows
+
+
+def test_solve_never_answers_worse_than_a_measured_row(tiny_models, tmp_path, capsys, monkeypatch):
+    """A measured row under the budget that beats the prediction (a preset, outside the surrogate's fit) is the
+    answer: named, with the margin and its SE, its map in --out-map; --verify of a solved map that measures worse
+    leaves it the answer; without it, the prediction is the answer and the best measured row is named."""
+    from cerebellum_ray.cli import main
+    from cerebellum_ray.formats.precision_map import MapSpec, resolve, tensor_bytes
+    from cerebellum_ray.results import recommend
+
+    store_dir = tmp_path / "store"
+    source, rows = _plant_study(tiny_models, store_dir)
+    catalog = load_catalog(source)
+    lucky = resolve(catalog, MapSpec(base="Q4_K_M"))
+    size = tensor_bytes(catalog, lucky)
+    bpw = 8 * size / catalog.n_elements
+    store.append(store_dir, {"study": "p", "trial_id": "lucky", "strategy": "preset", "label": "Q4_K_M",
+                             "status": "complete", "map": dict(lucky.types), "map_hash": lucky.digest,
+                             "size_bytes": size, "bpw": bpw, "kld": 0.001, "kld_se": 0.0002, "eval_hash": "e"})
+    budget = make_budget(max_bpw=bpw + 0.01)
+    result = solve_study(str(store_dir), "p", budget, space_file=SPACE, source=source)
+    answer = result.answer
+    assert answer["from"] == "measured" and answer["trial_id"] == "lucky" and answer["map"] == dict(lucky.types)
+    versus = answer["versus"]
+    assert versus["from"] == "solved" and versus["value"] == result.predicted["kld"]
+    assert versus["better_by"] == pytest.approx(result.predicted["kld"] - 0.001)
+    assert versus["better_by_se"] == pytest.approx((result.predicted["kld_se"] ** 2 + 0.0002 ** 2) ** 0.5)
+
+    map_file = tmp_path / "best.json"
+    args = ["solve", "--store", str(store_dir), "--study", "p", "--max-bpw", str(bpw + 0.01), "--space", SPACE,
+            "--source", source, "--out-map", str(map_file)]
+    assert main([*args, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {"map", "predicted", "measured", "bpw", "size_bytes"} <= set(data)  # the solved map's keys, as before
+    assert data["answer"]["trial_id"] == "lucky" and json.loads(map_file.read_text()) == dict(lucky.types)
+    assert main(args) == 0
+    assert "answer: the measured trial lucky (Q4_K_M)" in capsys.readouterr().out
+
+    worse = {"trial_id": "v1", "kld": 0.3, "kld_se": 0.003, "kld_code": None, "kld_code_se": None, "ppl": 10.0}
+    monkeypatch.setattr(recommend, "verify_solution", lambda *a, **k: worse)
+    assert main([*args, "--verify", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["verified"]["trial_id"] == "v1" and data["answer"]["trial_id"] == "lucky"
+    assert data["answer"]["versus"]["from"] == "verified" and data["answer"]["versus"]["value"] == 0.3
+
+    store.row_path(store_dir, "p", "lucky").unlink()
+    result = solve_study(str(store_dir), "p", budget, space_file=SPACE, source=source)
+    best = min((r for r in rows if r["bpw"] <= bpw + 0.01), key=lambda r: r["kld"])
+    if result.predicted["kld"] < best["kld"]:
+        assert result.answer["from"] == "solved" and result.answer["versus"]["trial_id"] == best["trial_id"]
+    else:
+        assert result.answer["from"] == "measured" and result.answer["trial_id"] == best["trial_id"]

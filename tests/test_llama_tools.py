@@ -298,3 +298,28 @@ def test_split_equals_llama_gguf_split(tools, tiny_models, corpus_file, tmp_path
     ppl = {name: llama_perplexity_ppl(tools, path, corpus_file, 64, 3)
            for name, path in (("single", single), ("ours", ours[0]), ("theirs", theirs[0]), ("merged", merged))}
     assert len(set(ppl.values())) == 1, ppl
+
+
+@pytest.mark.parametrize("arch", ["gemma4", "llama"])
+def test_plain_build_equals_llama_quantize_as_a_whole(tools, tiny_models, tiny_imatrix, tmp_path, arch):
+    """build --plain of a preset and of a mixed map (--tensor-type-file, with an imatrix) is the llama-quantize
+    tool's file byte for byte (run in the imatrix's folder, as ggufpacker attest runs it)."""
+    import hashlib
+    import shutil
+
+    from cerebellum_ray.cli import main
+
+    imatrix = tmp_path / "model.imatrix"
+    shutil.copyfile(tiny_imatrix[arch]["gguf"], imatrix)
+    (tmp_path / "types.txt").write_text("attn_q=q5_k\nffn_up=q6_k\n")
+    for name, extra, ours_map in (("preset", [], []), ("mixed", ["--tensor-type-file", "types.txt"],
+                                                        ["--map", str(tmp_path / "types.txt")])):
+        theirs, ours = tmp_path / f"{name}-llama.gguf", tmp_path / f"{name}-ours.gguf"
+        proc = subprocess.run([str(tools / "llama-quantize"), "--imatrix", "model.imatrix", *extra,
+                               str(tiny_models[arch]), str(theirs), "Q4_K_M", "2"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert main(["build", "--source", str(tiny_models[arch]), "--base", "Q4_K_M", *ours_map, "--imatrix",
+                     str(imatrix), "--plain", "--out", str(ours), "--no-cache", "--fallback"]) == 0
+        digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (ours, theirs)]
+        assert digests[0] == digests[1], name

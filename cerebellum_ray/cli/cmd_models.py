@@ -91,12 +91,15 @@ def _build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="quantize everything, store nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="every fallback, one line per tensor")
     p.add_argument("--threads", type=positive, default=None, help="quantizer threads (default: all cores)")
+    p.add_argument("--plain", action="store_true",
+                   help="no cerebellum.* keys, laid out as llama-quantize writes (tensor and key order, its "
+                        "quantize.imatrix.* keys naming the --imatrix file): a map it can express gives its file")
     add_split_option(p)
 
 
 def cmd_build(args) -> int:
     from ..core.atomic import check_destination, refuse_inputs
-    from ..quant.build import build
+    from ..quant.build import PlainFile, build
     from ..formats.catalog import load_catalog
     from ..quant.tensor_cache import TensorCache
     from ..core.units import parse_size
@@ -111,7 +114,8 @@ def cmd_build(args) -> int:
                                                                                            "--cache-size"))
     try:
         report = build(args.source, pmap, args.out, imatrix=imatrix, cache=cache, n_threads=args.threads,
-                       inputs=_map_inputs(args), split_max_bytes=split_max_bytes)
+                       inputs=_map_inputs(args), split_max_bytes=split_max_bytes,
+                       plain=PlainFile(Path(args.imatrix).name if args.imatrix else None) if args.plain else None)
     finally:
         if cache is not None:
             cache.close()
