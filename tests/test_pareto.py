@@ -342,9 +342,60 @@ def test_plot_html_is_self_contained(tmp_path, objectives):
     html = out.read_text(encoding="utf-8")
     assert len(html) > 1_000_000  # plotly.js inline
     assert 'src="https://cdn.plot.ly' not in html
-    for name in ("Q4_K_M", "cerebellum-v6", "file size (GB)", "mean KL divergence vs reference (nats)"):
-        assert name in html
+    for name in ("Q4_K_M", "cerebellum-v6", "file size (MB)", "mean KL divergence vs reference (nats)"):
+        assert name in html  # 160-300 MB models: sizes in MB (0.25 GB read worse)
     assert [p.name for p in tmp_path.iterdir()] == ["front.html"]
+
+
+def test_html_plot_marks_the_knee_names_points_with_a_toggle_and_shows_dominated_points():
+    """Each front's knee ringed and named; every front point named by its trial id in a trace the legend and a
+    button hide; dominated trials open markers at a legible opacity, with a legend entry; sizes in MB."""
+    rows, refs = demo_rows()
+    fronts = compute_fronts(rows, ["size", "kld"])
+    fig = plots.html_figure(fronts, refs, ["size", "kld"])
+    by_name = {t.name: t for t in fig.data}
+    for f in fronts:
+        knee = knee_point(f)
+        ring = by_name[f"{f.study}: knee (export --pick knee)"]
+        assert list(ring.text) == ["knee"] and ring.x[0] == pytest.approx(knee["size_bytes"] / 1e6)
+        ids = by_name[f"{f.study}: trial ids"]
+        assert ids.mode == "text" and set(ids.text) == {p["trial_id"] for p in f.points}
+        dominated = by_name[f"{f.study}: {len(f.dominated)} dominated"]
+        assert dominated.showlegend is not False and dominated.marker.opacity >= 0.5
+        assert dominated.marker.symbol.endswith("-open")
+    toggle = fig.layout.updatemenus[0].buttons
+    hidden = toggle[0].args[1]
+    assert toggle[0].args[0] == {"visible": False} and {fig.data[i].name for i in hidden} == {
+        f"{f.study}: trial ids" for f in fronts}
+    assert fig.layout.xaxis.title.text.startswith("file size (MB)")
+    three = plots.html_figure(compute_fronts(rows, ["size", "kld", "humaneval"]), refs, ["size", "kld", "humaneval"])
+    assert any(t.name.endswith("knee (export --pick knee)") for t in three.data)
+    assert any(t.name.endswith("trial ids") and t.mode == "text" for t in three.data)
+
+
+def test_png_plot_marks_the_knee_names_points_and_shows_dominated_points():
+    rows, refs = demo_rows()
+    fronts = compute_fronts(rows, ["size", "kld"])
+    fig = plots.png_figure(fronts, refs, ["size", "kld"], size_inches=(8, 5), dpi=50)
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert texts.count("knee") == len(fronts)
+    assert {p["trial_id"] for f in fronts for p in f.points} <= set(texts)
+    dominated = ax.collections[0]  # the first front's dominated trials: open markers, legible
+    assert dominated.get_alpha() >= 0.5 and dominated.get_facecolor().size == 0
+    assert len(dominated.get_offsets()) == len(fronts[0].dominated)
+    assert ax.get_xlabel().startswith("file size (MB)")
+    assert any(t.get_text() == "dominated trials" for t in ax.get_legend().get_texts())
+
+
+def test_sizes_follow_the_model():
+    """A 5 MB model's sizes read in MB, a 12 GB one's in GB (never 0.005 GB)."""
+    small = [make_row("s", f"s{i}", 0.005 + 0.001 * i, 0.1 / (i + 1)) for i in range(4)]
+    big = [make_row("b", f"b{i}", 11.0 + i, 0.1 / (i + 1)) for i in range(4)]
+    assert plots.html_figure(compute_fronts(small, ["size", "kld"]), [], ["size", "kld"]).layout.xaxis.title.text \
+        .startswith("file size (MB)")
+    fig = plots.html_figure(compute_fronts(big, ["size", "kld"]), [], ["size", "kld"])
+    assert fig.layout.xaxis.title.text.startswith("file size (GB)") and max(fig.data[1].x) == pytest.approx(14.0)
 
 
 def test_plot_refuses_mismatched_objectives(tmp_path):

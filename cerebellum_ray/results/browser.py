@@ -191,11 +191,12 @@ def _findings(events: Sequence[dict], page_url: str) -> tuple[list[dict], list[s
 
 def check_page(page: str | os.PathLike, screenshot: str | os.PathLike | None = None, wait: float = 1.0,
                offline: bool = True, binary: str | None = None, size: tuple[int, int] = (1280, 900),
-               load_timeout: float = 60.0) -> PageCheck:
+               load_timeout: float = 60.0, full_page: bool = True) -> PageCheck:
     """Open `page` (a local HTML file) in headless Chromium and report what it saw (PageCheck): console errors and
     warnings, uncaught exceptions and every network request, `wait` seconds past the load event; with `offline`
     nothing can leave the machine (names do not resolve, the network is emulated offline: requests are still
-    seen). `screenshot`: a PNG of the window. BrowserError when Chromium cannot run the check."""
+    seen). `screenshot`: a PNG of the whole page (`full_page`), or of the window. BrowserError when Chromium
+    cannot run the check."""
     started = time.monotonic()
     binary = binary or find_chromium()
     url = Path(page).resolve().as_uri()
@@ -223,7 +224,12 @@ def check_page(page: str | os.PathLike, screenshot: str | os.PathLike | None = N
         if screenshot is not None:
             from ..core.atomic import atomic_output
 
-            data = pipe.send("Page.captureScreenshot", {"format": "png"}, session=session)["data"]
+            size_css = pipe.send("Page.getLayoutMetrics", session=session).get("cssContentSize") or {}
+            params: dict[str, Any] = {"format": "png"}
+            if full_page and size_css:  # the whole page, not only the window
+                params.update(captureBeyondViewport=True, clip={
+                    "x": 0, "y": 0, "width": size_css["width"], "height": min(size_css["height"], 16384), "scale": 1})
+            data = pipe.send("Page.captureScreenshot", params, session=session)["data"]
             with atomic_output(screenshot) as f:
                 f.write(base64.b64decode(data))
             shot = str(screenshot)
